@@ -1,0 +1,25 @@
+"""CT CNN on 3D volumes of the embedded synthetic chest CT.
+
+  python -m medjax.main --config=configs/ct_cnn3d.py --workdir=runs/ct_cnn3d
+
+Reaches test AUROC of about 0.9 in about 10 minutes on 2 CPU cores.
+"""
+
+from configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.data.image_shape = (32, 32, 32)
+    config.data.num_train = 2000
+    config.data.num_val = 400
+    config.data.num_test = 600
+    config.model.name = "resnet10"
+    config.model.width = 0.25
+    config.trainer.num_train_steps = 400
+    config.trainer.batch_size = 32
+    config.trainer.eval_batch_size = 64
+    config.trainer.eval_every_steps = 100
+    config.trainer.checkpoint_every_steps = 100
+    config.optimizer.learning_rate = 3e-3
+    return config

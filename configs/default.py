@@ -1,0 +1,70 @@
+"""Every config key, with its default. Experiment configs override these; none adds keys.
+
+Not run on its own: see configs/ct_cnn.py.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0  # every random choice of training derives from it (init, dropout, order)
+    config.task = "classification"  # medjax.tasks.TASKS
+    config.dtype = "float32"  # compute dtype: float32 or bfloat16 (parameters stay float32)
+
+    config.trainer = trainer = ml_collections.ConfigDict()
+    trainer.num_train_steps = 1000
+    trainer.batch_size = 64  # global, over all devices
+    trainer.eval_batch_size = 256  # global; the last batch is padded and masked
+    trainer.log_every_steps = 50
+    trainer.eval_every_steps = 200  # validation, best checkpoint, early stopping
+    trainer.checkpoint_every_steps = 200  # latest checkpoint
+    trainer.max_checkpoints_to_keep = 2  # latest ones; the best is kept apart
+    trainer.selection_metric = "auroc"  # validation metric for the best checkpoint
+    trainer.selection_mode = "max"  # max or min
+    trainer.early_stopping_patience = 0  # evaluations without improvement; 0: never stop early
+
+    config.optimizer = opt = ml_collections.ConfigDict()
+    opt.name = "adamw"  # adamw or sgd
+    opt.learning_rate = 1e-3  # peak, after warm-up
+    opt.weight_decay = 1e-4  # not on biases and norm scales
+    opt.b1 = 0.9  # adamw
+    opt.b2 = 0.999  # adamw
+    opt.momentum = 0.9  # sgd
+    opt.nesterov = False  # sgd
+    opt.schedule = "cosine"  # cosine, linear or constant after warm-up
+    opt.warmup_steps = 50
+    opt.end_learning_rate_factor = 0.0  # final learning rate / peak
+    opt.grad_clip_norm = 1.0  # clip by global norm; 0: no clipping
+
+    config.model = model = ml_collections.ConfigDict()
+    model.name = "resnet18"  # medjax.models.cnn.MODELS
+    model.width = 1.0  # channel multiplier on 64/128/256/512
+    model.norm = "batch"  # batch or group
+    model.small_input = True  # 3x3 stride-1 stem, no max-pool (MedMNIST's ResNet (28))
+    model.dropout_rate = 0.0  # before the classifier
+
+    config.loss = loss = ml_collections.ConfigDict()
+    loss.label_smoothing = 0.0
+    loss.focal_gamma = 0.0  # 0: cross-entropy
+    loss.class_weights = ()  # one per class, or () for none
+
+    config.data = data = ml_collections.ConfigDict()
+    data.name = "synthetic_ct"  # medjax.data.IMAGE_DATASETS
+    data.dir = ""  # folder with the dataset's files as distributed (real datasets)
+    data.seed = 0  # synthetic data: which cohort; fixed like a real dataset, apart from `seed`
+    data.image_shape = (64, 64)  # synthetic data: (H, W) slices or (D, H, W) volumes
+    data.num_train = 6000  # synthetic data: patients per split
+    data.num_val = 1000
+    data.num_test = 2000
+    data.positive_fraction = 0.3  # synthetic data: share with a suspicious nodule
+    data.window_center = -600.0  # HU window (lung), mapped to [-1, 1]
+    data.window_width = 1500.0
+    data.balanced_sampling = False  # oversample smaller classes to the largest one
+    data.augment = augment = ml_collections.ConfigDict()
+    augment.enabled = True
+    augment.flip_left_right = True
+    augment.max_rotation_degrees = 10.0  # in the axial plane
+    augment.hu_shift = 10.0  # std of an intensity offset, HU
+    augment.hu_scale = 0.03  # intensity scale jitter, +-fraction
+    return config

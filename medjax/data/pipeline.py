@@ -1,0 +1,112 @@
+"""tf.data pipelines from in-memory arrays to per-process numpy batches.
+
+Training order is a pure function of (seed, epoch): a run resumed at step S sees exactly the
+batches an uninterrupted run sees from step S, without replaying the data before it. Each
+process reads its own slice of every global batch. Evaluation visits every example once, in
+order, with the last batch padded and marked by `mask`.
+"""
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import tensorflow as tf
+
+Batch = dict[str, np.ndarray]
+
+
+def epoch_order(labels: np.ndarray, *, seed: int, epoch: int, balanced: bool) -> np.ndarray:
+    """The example indices of one training epoch, shuffled by (seed, epoch).
+
+    Balanced: every class appears as often as the largest one; a smaller class is cycled
+    through in a fresh random order before any of its examples repeats.
+    """
+    rng = np.random.default_rng((seed, epoch))
+    if not balanced:
+        return rng.permutation(len(labels))
+    members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    largest = max(len(m) for m in members)
+    return rng.permutation(np.concatenate([np.resize(rng.permutation(m), largest) for m in members]))
+
+
+def train_batches(
+    labels: np.ndarray,
+    load: Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]],
+    *,
+    global_batch_size: int,
+    seed: int,
+    start_step: int,
+    balanced: bool,
+    process_index: int,
+    process_count: int,
+) -> Iterator[Batch]:
+    """Endless training batches of this process, from `start_step` on.
+
+    `load(index, seed)` maps an example index and its stateless seed (int64 [2], unique to
+    the example's step and position) to the example's features.
+    """
+    local_size = global_batch_size // process_count
+    steps_per_epoch = len(epoch_order(labels, seed=seed, epoch=0, balanced=balanced))
+    steps_per_epoch //= global_batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"the training split has fewer examples than one global batch ({global_batch_size});"
+            " lower trainer.batch_size or add data"
+        )
+    first = process_index * local_size
+    positions = np.arange(first, first + local_size)
+
+    def index_batches():
+        step, order, order_epoch = start_step, None, None
+        while True:
+            epoch, k = divmod(step, steps_per_epoch)
+            if epoch != order_epoch:
+                order = epoch_order(labels, seed=seed, epoch=epoch, balanced=balanced)
+                order_epoch = epoch
+            batch = order[k * global_batch_size : (k + 1) * global_batch_size]
+            seeds = np.stack([np.full(local_size, seed), step * global_batch_size + positions], 1)
+            yield batch[first : first + local_size], seeds
+            step += 1
+
+    signature = (
+        tf.TensorSpec([local_size], tf.int64),
+        tf.TensorSpec([local_size, 2], tf.int64),
+    )
+    dataset = (
+        tf.data.Dataset.from_generator(index_batches, output_signature=signature)
+        .unbatch()
+        .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .batch(local_size, drop_remainder=True)
+        .prefetch(2)
+    )
+    return dataset.as_numpy_iterator()
+
+
+def eval_batches(
+    num_examples: int,
+    load: Callable[[tf.Tensor], dict[str, tf.Tensor]],
+    *,
+    global_batch_size: int,
+    process_index: int,
+    process_count: int,
+) -> Iterator[Batch]:
+    """Every example once, in order; the last global batch padded, `mask` 0 on the padding.
+
+    Batches also carry `index`, each example's row in the split.
+    """
+    local_size = global_batch_size // process_count
+    num_batches = -(-num_examples // global_batch_size)
+    padded = np.arange(num_batches * global_batch_size).reshape(num_batches, process_count, -1)
+    rows = padded[:, process_index].reshape(-1)
+    mask = rows < num_examples
+    rows = np.where(mask, rows, 0)
+
+    def load_with_mask(index, mask):
+        return {**load(index), "index": tf.cast(index, tf.int32), "mask": mask}
+
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((rows, mask))
+        .map(load_with_mask, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .batch(local_size)
+        .prefetch(2)
+    )
+    return dataset.as_numpy_iterator()

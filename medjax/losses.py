@@ -1,0 +1,189 @@
+"""Classification losses: pure functions of arrays that return a scalar.
+
+Both losses reduce alike. With per-example loss ``l_i``, example weight ``w_i`` (1 without class
+weights) and mask ``m_i`` in {0, 1} (1 without a mask)::
+
+    loss = sum_i m_i * w_i * l_i / max(sum_i m_i, 1)
+
+that is, the mean over unmasked examples. Class weights scale the loss and are not renormalised:
+all-ones weights change nothing, and integer weights give the unweighted loss of a dataset in
+which example i appears w_i times, times ``sum_i m_i w_i / sum_i m_i``. A fully masked batch gives
+0 (with zero gradient).
+
+Options are Python values read at trace time: under ``jax.jit`` close over them (or mark them
+static). Shape checks read static shapes and raise ``ValueError`` before anything reaches XLA.
+Half-precision logits are computed in float32. Everything is computed from log-softmax /
+log-sigmoid, so logits of +-1e4 give finite losses and gradients.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def softmax_cross_entropy(
+    logits, labels, *, mask=None, class_weights=None, label_smoothing=0.0, focal_gamma=0.0
+):
+    """Softmax cross-entropy (or focal loss) for single-label classification, as a scalar.
+
+    Args:
+      logits: [B, C] float, C >= 2.
+      labels: [B] integer class ids (any int dtype) or [B, C] one-hot / probability rows. Ids
+        outside [0, C) cannot be checked under jit: they give an all-zero row (zero loss).
+      mask: optional [B] of {0, 1} (bool or numeric); 0 drops the example.
+      class_weights: optional [C]; example i is weighted by sum_c y_ic w_c (w_{y_i} for ids),
+        using the labels before smoothing.
+      label_smoothing: eps in [0, 1); targets become y (1 - eps) + eps / C.
+      focal_gamma: gamma >= 0; the per-example loss becomes sum_c y_c (1 - p_c)^gamma (-log p_c)
+        (Lin et al. 2017, without alpha). 0 is plain cross-entropy. Costs O(B C^2) memory.
+
+    Returns:
+      The weighted mean over unmasked examples (see the module docstring).
+    """
+    logits = _as_float(logits)
+    if logits.ndim != 2 or logits.shape[1] < 2:
+        raise ValueError(
+            f"softmax_cross_entropy: logits have shape {logits.shape}, expected [B, C] with C >= 2."
+            " For binary or multi-label outputs use sigmoid_cross_entropy."
+        )
+    batch, num_classes = logits.shape
+    labels = jnp.asarray(labels)
+    _check_batch("softmax_cross_entropy", logits.shape, labels.shape)
+    if labels.shape == (batch,):
+        if not jnp.issubdtype(labels.dtype, jnp.integer):
+            raise ValueError(
+                f"softmax_cross_entropy: labels of shape [B] = {labels.shape} must be integer class"
+                f" ids, got dtype {labels.dtype}; cast them with .astype(int) or pass one-hot /"
+                f" probability rows of shape [B, C] = {logits.shape}."
+            )
+        labels = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
+    elif labels.shape == logits.shape:
+        labels = labels.astype(logits.dtype)
+    else:
+        raise ValueError(
+            f"softmax_cross_entropy: labels have shape {labels.shape}, expected [B] = ({batch},)"
+            f" integer class ids or [B, C] = {logits.shape} one-hot / probability rows."
+        )
+    _check_options(
+        "softmax_cross_entropy", batch, num_classes, mask, class_weights, label_smoothing,
+        focal_gamma,
+    )
+
+    targets = optax.smooth_labels(labels, label_smoothing) if label_smoothing else labels
+    if focal_gamma == 0:
+        per_example = optax.softmax_cross_entropy(logits, targets)
+    else:
+        # log(1 - p_c) as the log-sum-exp over the other classes: exact even where p_c rounds to 1.
+        others = ~jnp.eye(num_classes, dtype=bool)
+        log_not_p = jax.nn.logsumexp(logits[:, None, :], axis=-1, where=others)
+        log_not_p -= jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+        modulator = jnp.exp(focal_gamma * log_not_p)
+        per_example = -jnp.sum(targets * modulator * jax.nn.log_softmax(logits), axis=-1)
+    weights = None
+    if class_weights is not None:
+        weights = jnp.sum(labels * jnp.asarray(class_weights, logits.dtype), axis=-1)
+    return _masked_mean(per_example, weights, mask)
+
+
+def sigmoid_cross_entropy(
+    logits, labels, *, mask=None, class_weights=None, label_smoothing=0.0, focal_gamma=0.0
+):
+    """Sigmoid cross-entropy (or focal loss) for binary and multi-label outputs, as a scalar.
+
+    Each output is an independent binary prediction. An example's loss is the mean over its C
+    outputs; examples are then reduced as in the module docstring.
+
+    Args:
+      logits: [B, C] (multi-label) or [B] (binary, treated as C = 1).
+      labels: the shape of logits, in {0, 1} or soft in [0, 1]; any dtype.
+      mask: optional [B] of {0, 1} (bool or numeric); 0 drops the example.
+      class_weights: optional [C] ([1] for [B] logits); w_c multiplies the positive term of
+        output c, like a pos_weight: -(w_c y log p + (1 - y) log(1 - p)).
+      label_smoothing: eps in [0, 1); targets become y (1 - eps) + eps / 2.
+      focal_gamma: gamma >= 0; per output -(w y (1 - p)^gamma log p + (1 - y) p^gamma log(1 - p)),
+        which for hard labels is (1 - p_t)^gamma BCE (Lin et al. 2017, without alpha). For soft
+        labels this differs from optax.sigmoid_focal_loss (one factor with a mixed p_t).
+
+    Returns:
+      The weighted mean over unmasked examples (see the module docstring).
+    """
+    logits = _as_float(logits)
+    labels = jnp.asarray(labels)
+    if logits.ndim not in (1, 2):
+        raise ValueError(
+            f"sigmoid_cross_entropy: logits have shape {logits.shape}, expected [B] (binary) or"
+            " [B, C] (multi-label)."
+        )
+    _check_batch("sigmoid_cross_entropy", logits.shape, labels.shape)
+    if labels.shape != logits.shape:
+        hint = ""
+        if jnp.issubdtype(labels.dtype, jnp.integer) and logits.ndim == 2:
+            hint = (
+                " Integer labels must be a 0/1 indicator per output, not class ids; convert ids"
+                " with jax.nn.one_hot, or use softmax_cross_entropy for single-label classes."
+            )
+        raise ValueError(
+            f"sigmoid_cross_entropy: labels have shape {labels.shape}, expected the logits shape"
+            f" {logits.shape}.{hint}"
+        )
+    batch = logits.shape[0]
+    num_outputs = logits.shape[1] if logits.ndim == 2 else 1
+    _check_options(
+        "sigmoid_cross_entropy", batch, num_outputs, mask, class_weights, label_smoothing,
+        focal_gamma,
+    )
+
+    logits = logits.reshape(batch, num_outputs)
+    targets = labels.astype(logits.dtype).reshape(batch, num_outputs)
+    if label_smoothing:
+        targets = targets * (1.0 - label_smoothing) + label_smoothing / 2.0
+    log_p, log_not_p = jax.nn.log_sigmoid(logits), jax.nn.log_sigmoid(-logits)
+    pos_term, neg_term = -log_p, -log_not_p
+    if focal_gamma != 0:
+        pos_term *= jnp.exp(focal_gamma * log_not_p)
+        neg_term *= jnp.exp(focal_gamma * log_p)
+    if class_weights is not None:
+        pos_term *= jnp.asarray(class_weights, logits.dtype)
+    per_output = targets * pos_term + (1.0 - targets) * neg_term
+    return _masked_mean(jnp.mean(per_output, axis=-1), None, mask)
+
+
+def _as_float(logits):
+    logits = jnp.asarray(logits)
+    return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+
+
+def _check_batch(name, logits_shape, labels_shape):
+    if not labels_shape or labels_shape[0] != logits_shape[0]:
+        raise ValueError(
+            f"{name}: labels have shape {labels_shape} but logits {logits_shape}; both need the"
+            " same batch size B on axis 0."
+        )
+
+
+def _check_options(name, batch, num_classes, mask, class_weights, label_smoothing, focal_gamma):
+    if mask is not None and jnp.shape(mask) != (batch,):
+        raise ValueError(
+            f"{name}: mask has shape {jnp.shape(mask)}, expected [B] = ({batch},), one 0/1 entry"
+            " per example; reshape it or pass mask=None."
+        )
+    if class_weights is not None and jnp.shape(class_weights) != (num_classes,):
+        raise ValueError(
+            f"{name}: class_weights has shape {jnp.shape(class_weights)}, expected [C] ="
+            f" ({num_classes},), one weight per class; pass that many weights or None."
+        )
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"{name}: label_smoothing={label_smoothing}, expected a value in [0, 1).")
+    if focal_gamma < 0:
+        raise ValueError(f"{name}: focal_gamma={focal_gamma}, expected a value >= 0 (0: no focal).")
+
+
+def _masked_mean(per_example, weights, mask):
+    """sum_i m_i w_i l_i / max(sum_i m_i, 1); see the module docstring."""
+    if weights is not None:
+        per_example = weights * per_example
+    if mask is None:
+        return jnp.mean(per_example)
+    mask = jnp.asarray(mask).astype(bool)
+    total = jnp.sum(jnp.where(mask, per_example, 0.0))
+    return total / jnp.maximum(jnp.sum(mask, dtype=per_example.dtype), 1.0)

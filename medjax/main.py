@@ -1,0 +1,56 @@
+"""Command-line entry point.
+
+  python -m medjax.main --config=configs/ct_cnn.py --workdir=runs/ct [--mode=train]
+      [--config.optimizer.learning_rate=3e-4 ...]
+
+`train` trains (or resumes, or on a finished workdir re-evaluates) and writes the outputs;
+`evaluate` evaluates the workdir's best checkpoint on the test split without training.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics, plots and the report.")
+flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "What to do with the workdir.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """Parses the command line, loading the config, and reports a bad one without a traceback."""
+    try:
+        rest = FLAGS(argv)
+        FLAGS.config.keys()  # a config file that failed to load raises here, not later
+        return rest
+    except (AttributeError, KeyError) as e:  # raised by ml_collections for --config.NO_SUCH_KEY
+        key = str(e).strip("\"'")
+        flag = next((a for a in argv if a.startswith("--config.") and key in a), key)
+        sys.exit(
+            f"error: unknown config key '{key}' in {flag}; the keys are declared in "
+            "configs/default.py (check the spelling)"
+        )
+    except (flags.Error, OSError, TypeError, ValueError) as e:
+        sys.exit(f"error: {e}")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    import tensorflow as tf  # imported here so that --help stays fast
+
+    tf.config.set_visible_devices([], "GPU")  # tf.data only; the accelerators are JAX's
+    from medjax import train
+    from medjax.errors import ConfigError
+
+    try:
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir, train=FLAGS.mode == "train")
+    except ConfigError as e:
+        logging.error("%s", e)
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

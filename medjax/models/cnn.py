@@ -1,0 +1,171 @@
+"""ResNets (He et al., 2016) for 2D and 3D channels-last images, as Flax linen modules.
+
+One module class serves both cases: the number of spatial dimensions is read from the input
+rank at call time ([B, H, W, C] or [B, D, H, W, C]), and every kernel, stride and pool window
+has that many dimensions. Layout, padding and initialisation follow torchvision's ResNet (v1.5:
+the stride of a bottleneck sits on its 3x3 convolution), so at width 1 with the standard stem
+the parameter counts match torchvision's (resnet18: 11,689,512; resnet50: 25,557,032).
+
+Pick a model by name with `create_model("resnet18", num_classes=2, ...)`.
+"""
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+NORMS = ("batch", "group")
+
+_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def _conv(features: int, kernel: int, strides: int, ndim: int, dtype: Any, name: str) -> nn.Conv:
+    """Bias-free conv; 'SAME' at stride 1, torchvision's symmetric padding (kernel // 2) else."""
+    padding = "SAME" if strides == 1 else ((kernel // 2, kernel // 2),) * ndim
+    return nn.Conv(
+        features,
+        (kernel,) * ndim,
+        strides=(strides,) * ndim,
+        padding=padding,
+        use_bias=False,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=_conv_init,
+        name=name,
+    )
+
+
+def _norm(kind: str, features: int, train: bool, dtype: Any, name: str) -> nn.Module:
+    """Batch norm (momentum 0.9, eps 1e-5) or group norm with gcd(32, features) groups."""
+    if kind == "batch":
+        return nn.BatchNorm(
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            name=name,
+        )
+    return nn.GroupNorm(
+        num_groups=math.gcd(32, features),
+        epsilon=1e-5,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )
+
+
+def _shortcut(block: nn.Module, x, shape: tuple[int, ...], train: bool):
+    """Identity, or a strided 1x1 conv + norm when the shape changes (call inside `block`)."""
+    if x.shape == shape:
+        return x
+    ndim, f = x.ndim - 2, shape[-1]
+    x = _conv(f, 1, block.strides, ndim, block.dtype, "conv_proj")(x)
+    return _norm(block.norm, f, train, block.dtype, "norm_proj")(x)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with an identity or 1x1 projection shortcut; `features` channels out."""
+
+    features: int
+    strides: int = 1
+    norm: str = "batch"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, train: bool):
+        ndim, f = x.ndim - 2, self.features
+        y = _conv(f, 3, self.strides, ndim, self.dtype, "conv1")(x)
+        y = nn.relu(_norm(self.norm, f, train, self.dtype, "norm1")(y))
+        y = _conv(f, 3, 1, ndim, self.dtype, "conv2")(y)
+        y = _norm(self.norm, f, train, self.dtype, "norm2")(y)
+        return nn.relu(y + _shortcut(self, x, y.shape, train))
+
+
+class BottleneckBlock(nn.Module):
+    """1x1 reduce, 3x3 (strided), 1x1 expand to 4 * `features` channels, plus shortcut."""
+
+    features: int
+    strides: int = 1
+    norm: str = "batch"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, train: bool):
+        ndim, f = x.ndim - 2, self.features
+        y = _conv(f, 1, 1, ndim, self.dtype, "conv1")(x)
+        y = nn.relu(_norm(self.norm, f, train, self.dtype, "norm1")(y))
+        y = _conv(f, 3, self.strides, ndim, self.dtype, "conv2")(y)
+        y = nn.relu(_norm(self.norm, f, train, self.dtype, "norm2")(y))
+        y = _conv(4 * f, 1, 1, ndim, self.dtype, "conv3")(y)
+        y = _norm(self.norm, 4 * f, train, self.dtype, "norm3")(y)
+        return nn.relu(y + _shortcut(self, x, y.shape, train))
+
+
+class ResNet(nn.Module):
+    """ResNet classifier; returns float32 logits [B, num_classes].
+
+    Attributes:
+      stage_sizes: blocks per stage; stage i > 0 starts with a stride-2 block.
+      block: `BasicBlock` or `BottleneckBlock`.
+      num_classes: number of output logits.
+      width: multiplier on the base widths 64, 128, 256, 512 (at least 1 channel each).
+      norm: "batch" or "group" (group norm keeps no `batch_stats` collection).
+      small_input: 3x3 stride-1 stem without max-pool (MedMNIST-sized images) instead of
+        torchvision's 7x7 stride-2 conv and 3x3 stride-2 max-pool.
+      dropout_rate: dropout on the pooled features before the head (rng name 'dropout').
+      dtype: compute dtype; parameters stay float32.
+    """
+
+    stage_sizes: Sequence[int]
+    block: type
+    num_classes: int
+    width: float = 1.0
+    norm: str = "batch"
+    small_input: bool = False
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; valid values: {', '.join(NORMS)}")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x, *, train: bool):
+        ndim = x.ndim - 2
+        widths = [max(1, round(64 * 2**i * self.width)) for i in range(len(self.stage_sizes))]
+        kernel, strides = (3, 1) if self.small_input else (7, 2)
+        x = _conv(widths[0], kernel, strides, ndim, self.dtype, "stem_conv")(x)
+        x = nn.relu(_norm(self.norm, widths[0], train, self.dtype, "stem_norm")(x))
+        if not self.small_input:
+            x = nn.max_pool(x, (3,) * ndim, strides=(2,) * ndim, padding=((1, 1),) * ndim)
+        for i, (size, features) in enumerate(zip(self.stage_sizes, widths, strict=True)):
+            for j in range(size):
+                strides = 2 if i > 0 and j == 0 else 1
+                block = self.block(
+                    features, strides, self.norm, self.dtype, name=f"stage{i}_block{j}"
+                )
+                x = block(x, train=train)
+        x = jnp.mean(x, axis=tuple(range(1, ndim + 1)))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)
+        return x.astype(jnp.float32)
+
+
+MODELS = {
+    "resnet10": functools.partial(ResNet, stage_sizes=(1, 1, 1, 1), block=BasicBlock),
+    "resnet18": functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block=BasicBlock),
+    "resnet34": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=BasicBlock),
+    "resnet50": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=BottleneckBlock),
+}
+
+
+def create_model(name: str, **kwargs) -> ResNet:
+    """Build the ResNet called `name` (a key of `MODELS`); kwargs go to `ResNet`."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
+    return MODELS[name](**kwargs)

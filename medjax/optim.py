@@ -1,0 +1,64 @@
+"""The optax optimiser and learning-rate schedule named by the `optimizer` config."""
+
+import jax
+import ml_collections
+import optax
+
+from medjax.errors import ConfigError
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def learning_rate_schedule(opt: ml_collections.ConfigDict, num_train_steps: int) -> optax.Schedule:
+    """Linear warm-up from 0 to `learning_rate`, then cosine, linear or no decay.
+
+    The decay ends at `learning_rate * end_learning_rate_factor` at `num_train_steps`.
+    """
+    if opt.schedule not in SCHEDULES:
+        raise ConfigError(
+            f"unknown optimizer.schedule {opt.schedule!r}; valid: {', '.join(SCHEDULES)}"
+        )
+    if not 0 <= opt.warmup_steps < num_train_steps:
+        raise ConfigError(
+            f"optimizer.warmup_steps={opt.warmup_steps} must be in [0, "
+            f"trainer.num_train_steps={num_train_steps})"
+        )
+    peak, end = opt.learning_rate, opt.learning_rate * opt.end_learning_rate_factor
+    decay_steps = num_train_steps - opt.warmup_steps
+    decay = {
+        "cosine": optax.cosine_decay_schedule(peak, decay_steps, alpha=opt.end_learning_rate_factor),
+        "linear": optax.linear_schedule(peak, end, decay_steps),
+        "constant": optax.constant_schedule(peak),
+    }[opt.schedule]
+    warmup = optax.linear_schedule(0.0, peak, opt.warmup_steps)
+    return optax.join_schedules([warmup, decay], boundaries=[opt.warmup_steps])
+
+
+def decay_mask(params):
+    """True for the weights that get weight decay: kernels, not biases or norm scales."""
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def create_optimizer(
+    opt: ml_collections.ConfigDict, num_train_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """adamw (decoupled weight decay) or sgd with momentum (weight decay added to the gradient,
+    as torch.optim.SGD), after clipping by the global gradient norm when `grad_clip_norm` > 0.
+
+    Returns the optimiser and its learning-rate schedule.
+    """
+    schedule = learning_rate_schedule(opt, num_train_steps)
+    if opt.name == "adamw":
+        tx = optax.adamw(
+            schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=decay_mask
+        )
+    elif opt.name == "sgd":
+        tx = optax.chain(
+            optax.add_decayed_weights(opt.weight_decay, mask=decay_mask),
+            optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov),
+        )
+    else:
+        raise ConfigError(f"unknown optimizer.name {opt.name!r}; valid: adamw, sgd")
+    if opt.grad_clip_norm > 0:
+        tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
+    return tx, schedule

@@ -1,0 +1,149 @@
+"""Image classification (2D slices or 3D volumes) with a ResNet: the CT CNN task."""
+
+import csv
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from medjax import losses, metrics, plots
+from medjax.data import image_dataset, pipeline, transforms
+from medjax.errors import ConfigError
+from medjax.models import cnn
+from medjax.tasks.task import Task
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build(config: ml_collections.ConfigDict) -> Task:
+    dataset = image_dataset(config.data)
+    if config.dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {config.dtype!r}; valid: {', '.join(DTYPES)}")
+    try:
+        model = cnn.create_model(
+            config.model.name,
+            num_classes=dataset.num_classes,
+            width=config.model.width,
+            norm=config.model.norm,
+            small_input=config.model.small_input,
+            dropout_rate=config.model.dropout_rate,
+            dtype=DTYPES[config.dtype],
+        )
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
+    class_weights = tuple(config.loss.class_weights) or None
+    if class_weights is not None and len(class_weights) != dataset.num_classes:
+        raise ConfigError(
+            f"loss.class_weights has {len(class_weights)} entries but {dataset.name} has "
+            f"{dataset.num_classes} classes; give one weight per class or () for none"
+        )
+    data, batch_size = config.data, config.trainer.batch_size
+    process_index, process_count = jax.process_index(), jax.process_count()
+
+    def window(hu):
+        return transforms.window(hu, data.window_center, data.window_width)[..., None]
+
+    def split_tensors(split):
+        arrays = dataset.load_split(split)
+        return arrays, tf.constant(arrays["images"]), tf.constant(arrays["labels"])
+
+    def train_batches(start_step):
+        arrays, images, labels = split_tensors("train")
+        augment = data.augment
+
+        def load(index, seed):
+            hu = tf.gather(images, index)
+            if augment.enabled:
+                hu = transforms.augment(
+                    hu,
+                    seed,
+                    flip_left_right=augment.flip_left_right,
+                    max_rotation_degrees=augment.max_rotation_degrees,
+                    hu_shift=augment.hu_shift,
+                    hu_scale=augment.hu_scale,
+                )
+            return {"image": window(hu), "label": tf.gather(labels, index)}
+
+        return pipeline.train_batches(
+            arrays["labels"],
+            load,
+            global_batch_size=batch_size,
+            seed=config.seed,
+            start_step=start_step,
+            balanced=data.balanced_sampling,
+            process_index=process_index,
+            process_count=process_count,
+        )
+
+    def eval_batches(split):
+        arrays, images, labels = split_tensors(split)
+        return pipeline.eval_batches(
+            len(arrays["labels"]),
+            lambda i: {"image": window(tf.gather(images, i)), "label": tf.gather(labels, i)},
+            global_batch_size=config.trainer.eval_batch_size,
+            process_index=process_index,
+            process_count=process_count,
+        )
+
+    def loss_fn(logits, batch):
+        return losses.softmax_cross_entropy(
+            logits,
+            batch["label"],
+            class_weights=class_weights,
+            label_smoothing=config.loss.label_smoothing,
+            focal_gamma=config.loss.focal_gamma,
+        )
+
+    def eval_outputs_fn(logits, batch):
+        return {"probs": jax.nn.softmax(logits), "label": batch["label"], "index": batch["index"]}
+
+    def write_outputs(workdir, split, gathered):
+        write_predictions(workdir, split, gathered, dataset.load_split(split)["ids"])
+        probs, labels = gathered["probs"], gathered["label"]
+        title = f"{dataset.name}, {split}"
+        if dataset.num_classes == 2:
+            fpr, tpr, _ = metrics.roc_curve(labels, probs[:, 1])
+            auroc = metrics.roc_auc(labels, probs[:, 1])
+            plots.roc_curve(os.path.join(workdir, "plots", "roc.png"), fpr, tpr, auroc, title)
+        counts = metrics.confusion_matrix(labels, probs.argmax(1), dataset.num_classes)
+        path = os.path.join(workdir, "plots", "confusion_matrix.png")
+        plots.confusion_matrix(path, counts, dataset.class_names, title)
+
+    example_image = np.zeros((1, *dataset.image_shape, 1), np.float32)
+    return Task(
+        model=model,
+        input_key="image",
+        example_batch={"image": example_image, "label": np.zeros(1, np.int32)},
+        loss_fn=loss_fn,
+        eval_outputs_fn=eval_outputs_fn,
+        compute_metrics=compute_metrics,
+        train_batches=train_batches,
+        eval_batches=eval_batches,
+        write_outputs=write_outputs,
+        description=f"{dataset.description}; model {config.model.name} "
+        f"(width {config.model.width}, {config.model.norm} norm)",
+        selection_metrics=("auroc", "auprc", "accuracy", "balanced_accuracy", "loss", "ece"),
+    )
+
+
+def compute_metrics(gathered: dict[str, np.ndarray]) -> dict[str, float]:
+    """Classification metrics plus `loss`, the mean negative log-likelihood of the labels."""
+    probs, labels = gathered["probs"].astype(np.float64), gathered["label"]
+    result = metrics.classification_metrics(labels, probs)
+    label_probs = probs[np.arange(len(labels)), labels]
+    result["loss"] = float(-np.mean(np.log(np.maximum(label_probs, np.finfo(np.float64).tiny))))
+    return result
+
+
+def write_predictions(workdir: str, split: str, gathered: dict[str, np.ndarray], ids) -> None:
+    """predictions/<split>.csv: id, label, prediction (argmax), then prob_<class> columns."""
+    probs = gathered["probs"]
+    path = os.path.join(workdir, "predictions", f"{split}.csv")
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["id", "label", "prediction", *(f"prob_{c}" for c in range(probs.shape[1]))])
+        for index, label, row in zip(gathered["index"], gathered["label"], probs):
+            out.writerow([ids[index], int(label), int(row.argmax()), *(f"{p:.6g}" for p in row)])

@@ -1,0 +1,41 @@
+"""What a task hands the task-agnostic trainer."""
+
+import dataclasses
+from collections.abc import Callable, Iterator
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Task:
+    """Model, loss, metrics and data of one task. Hashed by identity: a static jit argument.
+
+    Attributes:
+      model: a linen module; `model.apply(variables, batch[input_key], train=...)`.
+      input_key: the batch entry the model reads.
+      example_batch: one local batch's arrays, to initialise the model and its shapes.
+      loss_fn: (model outputs, batch) -> scalar training loss (jnp, jittable).
+      eval_outputs_fn: (model outputs, batch) -> per-example arrays kept for metrics.
+      compute_metrics: gathered per-example arrays of a split -> {metric name: float}.
+      train_batches: start step -> endless iterator of this process's training batches.
+      eval_batches: split name -> iterator over the split once, padded, with `mask`.
+      write_outputs: (workdir, split, gathered arrays) -> writes predictions and plots.
+      description: data and model in a sentence, for the report.
+      selection_metrics: metric names fit to select checkpoints and stop early.
+    """
+
+    model: nn.Module
+    input_key: str
+    example_batch: Batch
+    loss_fn: Callable[[jax.Array, Batch], jax.Array]
+    eval_outputs_fn: Callable[[jax.Array, Batch], dict[str, jax.Array]]
+    compute_metrics: Callable[[dict[str, np.ndarray]], dict[str, float]]
+    train_batches: Callable[[int], Iterator[Batch]]
+    eval_batches: Callable[[str], Iterator[Batch]]
+    write_outputs: Callable[[str, str, dict[str, np.ndarray]], None]
+    description: str
+    selection_metrics: tuple[str, ...]

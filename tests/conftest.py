@@ -1,0 +1,33 @@
+"""Shared test helpers: tiny configs that run end to end in seconds."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+tf.config.set_visible_devices([], "GPU")
+
+
+def shrink(config, *, image_shape=(32, 32), steps=6):
+    """Makes `config` tiny: a few steps on a few synthetic patients."""
+    data, trainer = config.data, config.trainer
+    data.image_shape = image_shape
+    data.num_train, data.num_val, data.num_test = 96, 40, 48
+    trainer.num_train_steps = steps
+    trainer.batch_size = 16
+    trainer.eval_batch_size = 32  # 40 and 48 examples: the last batch is padded
+    trainer.log_every_steps = 2
+    trainer.eval_every_steps = 3
+    trainer.checkpoint_every_steps = 3
+    config.optimizer.warmup_steps = 1
+    config.model.width = 0.125
+    return config
+
+
+@pytest.fixture
+def tiny_config():
+    from configs import ct_cnn
+
+    return shrink(ct_cnn.get_config())

@@ -1,0 +1,154 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from medjax.data import pipeline, synthetic_ct, transforms
+
+
+class TestSyntheticCT:
+    def test_deterministic_and_splits_disjoint(self):
+        kwargs = dict(image_shape=(32, 32), seed=3, positive_fraction=0.5)
+        a = synthetic_ct.generate(20, split="train", **kwargs)
+        b = synthetic_ct.generate(20, split="train", **kwargs)
+        test = synthetic_ct.generate(20, split="test", **kwargs)
+        np.testing.assert_array_equal(a["images"], b["images"])
+        np.testing.assert_array_equal(a["labels"], b["labels"])
+        assert not set(a["ids"]) & set(test["ids"])
+        flat_train = {img.tobytes() for img in a["images"]}
+        assert not any(img.tobytes() in flat_train for img in test["images"])
+
+    @pytest.mark.parametrize("shape", [(32, 32), (16, 24, 24)])
+    def test_shapes_and_hounsfield_range(self, shape):
+        data = synthetic_ct.generate(30, image_shape=shape, seed=0, split="val",
+                                     positive_fraction=0.3)
+        assert data["images"].shape == (30, *shape) and data["images"].dtype == np.int16
+        assert data["labels"].dtype == np.int32 and set(np.unique(data["labels"])) <= {0, 1}
+        images = data["images"]
+        assert images.min() >= -1024 and images.max() <= 3071
+        # Air around the body, lungs near -850 HU, soft tissue near 40 HU are all present.
+        assert (images < -950).mean() > 0.1
+        assert ((images > -900) & (images < -800)).mean() > 0.05
+        assert ((images > 0) & (images < 100)).mean() > 0.1
+
+    def test_positive_fraction(self):
+        labels = synthetic_ct.generate(400, image_shape=(16, 16), seed=1, split="train",
+                                       positive_fraction=0.3)["labels"]
+        assert abs(labels.mean() - 0.3) < 0.07
+
+    def test_suspicious_nodules_are_larger_soft_tissue(self):
+        # Label 1 adds at least ~3x3 voxels of soft tissue inside the lungs; compare the counts
+        # of soft-tissue voxels (-300..200 HU) between the classes.
+        data = synthetic_ct.generate(200, image_shape=(64, 64), seed=0, split="train",
+                                     positive_fraction=0.5)
+        tissue = ((data["images"] > -300) & (data["images"] < 200)).sum((1, 2))
+        positive, negative = tissue[data["labels"] == 1], tissue[data["labels"] == 0]
+        assert positive.mean() > negative.mean()
+
+    def test_bad_arguments(self):
+        with pytest.raises(ValueError, match="unknown split 'dev'"):
+            synthetic_ct.generate(1, image_shape=(32, 32), seed=0, split="dev",
+                                  positive_fraction=0.5)
+        with pytest.raises(ValueError, match="must be"):
+            synthetic_ct.generate(1, image_shape=(8, 8), seed=0, split="train",
+                                  positive_fraction=0.5)
+
+
+class TestTransforms:
+    def test_window_closed_form(self):
+        hu = tf.constant([-2000.0, -1350.0, -600.0, 150.0, 1000.0])
+        out = transforms.window(hu, center=-600.0, width=1500.0).numpy()
+        np.testing.assert_allclose(out, [-1, -1, 0, 1, 1], atol=1e-6)
+
+    def test_augment_deterministic_in_seed_and_identity_when_off(self):
+        hu = tf.constant(np.random.default_rng(0).normal(-500, 300, (2, 16, 16)), tf.float32)
+        on = dict(flip_left_right=True, max_rotation_degrees=20.0, hu_shift=10.0, hu_scale=0.1)
+        seed = tf.constant([1, 2], tf.int64)
+        a = transforms.augment(hu, seed, **on).numpy()
+        b = transforms.augment(hu, seed, **on).numpy()
+        c = transforms.augment(hu, tf.constant([1, 3], tf.int64), **on).numpy()
+        np.testing.assert_array_equal(a, b)
+        assert not np.allclose(a, c)
+        off = dict(flip_left_right=False, max_rotation_degrees=0.0, hu_shift=0.0, hu_scale=0.0)
+        np.testing.assert_allclose(transforms.augment(hu, seed, **off).numpy(), hu.numpy())
+
+    def test_rotation_turns_about_the_center(self):
+        image = np.full((9, 9), -1000.0, np.float32)
+        image[4, 6] = 500.0  # two voxels right of the center
+        angle = tf.constant(np.pi / 2, tf.float32)
+        rotated = transforms._rotate_planes(tf.constant(image), angle).numpy()
+        assert rotated[4, 4] == -1000.0
+        peak = np.unravel_index(rotated.argmax(), rotated.shape)
+        assert peak in {(2, 4), (6, 4)}  # a quarter turn moves it onto the vertical axis
+        np.testing.assert_allclose(rotated.max(), 500.0, atol=1e-3)
+
+
+def _load(images):
+    images = tf.constant(images)
+
+    def load(index, seed):
+        return {"image": tf.gather(images, index), "seed": seed}
+
+    return load
+
+
+class TestTrainBatches:
+    labels = np.array([0, 1] * 10 + [0] * 12)  # 32 examples, 10 positive
+
+    def batches(self, start_step, n, **kwargs):
+        kwargs = dict(global_batch_size=8, seed=5, balanced=False, process_index=0,
+                      process_count=1) | kwargs
+        it = pipeline.train_batches(self.labels, _load(np.arange(32.0)), start_step=start_step,
+                                    **kwargs)
+        return [next(it) for _ in range(n)]
+
+    def test_resume_sees_the_same_batches(self):
+        straight = self.batches(0, 10)
+        resumed = self.batches(6, 4)
+        for a, b in zip(straight[6:], resumed):
+            np.testing.assert_array_equal(a["image"], b["image"])
+            np.testing.assert_array_equal(a["seed"], b["seed"])
+
+    def test_each_epoch_is_a_permutation_and_epochs_differ(self):
+        batches = self.batches(0, 8)  # 4 steps per epoch
+        first = np.concatenate([b["image"] for b in batches[:4]])
+        second = np.concatenate([b["image"] for b in batches[4:]])
+        np.testing.assert_array_equal(np.sort(first), np.arange(32.0))
+        np.testing.assert_array_equal(np.sort(second), np.arange(32.0))
+        assert not np.array_equal(first, second)
+
+    def test_processes_split_each_global_batch(self):
+        whole = self.batches(0, 3)
+        parts = [self.batches(0, 3, process_index=p, process_count=2) for p in range(2)]
+        for step in range(3):
+            joined = np.concatenate([parts[p][step]["image"] for p in range(2)])
+            np.testing.assert_array_equal(joined, whole[step]["image"])
+            seeds = np.concatenate([parts[p][step]["seed"] for p in range(2)])
+            np.testing.assert_array_equal(seeds, whole[step]["seed"])
+        assert len({tuple(s) for b in whole for s in b["seed"]}) == 24  # unique per example
+
+    def test_balanced_order_has_equal_classes(self):
+        order = pipeline.epoch_order(self.labels, seed=0, epoch=0, balanced=True)
+        counts = np.bincount(self.labels[order])
+        assert counts[0] == counts[1] == 22
+        positives = np.flatnonzero(self.labels == 1)
+        times_each = np.bincount(order, minlength=32)[positives]
+        assert times_each.min() >= 2 and times_each.max() <= 3  # cycled, not sampled blindly
+
+    def test_too_few_examples(self):
+        with pytest.raises(ValueError, match="fewer examples than one global batch"):
+            self.batches(0, 1, global_batch_size=64)
+
+
+def test_eval_batches_visit_every_example_once():
+    def load(index):
+        return {"x": tf.cast(index, tf.float32) * 10}
+
+    seen = []
+    for p in range(2):
+        for batch in pipeline.eval_batches(21, load, global_batch_size=8, process_index=p,
+                                           process_count=2):
+            assert batch["x"].shape == (4,)
+            seen.extend(batch["index"][batch["mask"]])
+            np.testing.assert_array_equal(batch["x"][batch["mask"]],
+                                          batch["index"][batch["mask"]] * 10)
+    assert sorted(seen) == list(range(21))

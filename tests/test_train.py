@@ -1,0 +1,139 @@
+"""End to end: each config for a few steps on tiny data, resume, rerun, overfitting."""
+
+import csv
+import glob
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import ct_cnn3d
+from medjax import checkpoint, optim, parallel, train
+from medjax.tasks import build_task
+from tests.conftest import shrink
+
+
+def _lines(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _latest_params(workdir, config):
+    task = build_task(config)
+    tx, _ = optim.create_optimizer(config.optimizer, config.trainer.num_train_steps)
+    abstract = train.abstract_train_state(task, tx, parallel.data_mesh())
+    ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), max_to_keep=2)
+    state, progress = ckpts.restore_latest(abstract)
+    ckpts.close()
+    return state, progress
+
+
+def test_ct_cnn_end_to_end_writes_the_workdir_contract(tiny_config, tmp_path):
+    workdir = str(tmp_path)
+    test_metrics = train.train_and_evaluate(tiny_config, workdir)
+
+    lines = _lines(workdir)
+    val = [line for line in lines if line["split"] == "val"]
+    assert [line["step"] for line in val] == [3, 6]
+    assert all(0 <= line["auroc"] <= 1 for line in val)
+    assert lines[-1]["split"] == "test" and lines[-1]["auroc"] == test_metrics["auroc"]
+    train_lines = [line for line in lines if line["split"] == "train"]
+    assert {"loss", "l2_grads", "l2_params", "learning_rate"} <= set(train_lines[0])
+    assert all(np.isfinite(line["loss"]) for line in train_lines)
+
+    for name in ("config.json", "report.md", "plots/roc.png", "plots/confusion_matrix.png"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+    assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["model"]["name"] == "resnet10"
+    with open(os.path.join(workdir, "predictions", "test.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 48 and len({r["id"] for r in rows}) == 48  # padding dropped
+    probs = np.array([[float(r["prob_0"]), float(r["prob_1"])] for r in rows])
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    with open(os.path.join(workdir, "report.md")) as f:
+        report = f.read()
+    assert f"{test_metrics['auroc']:.4f}" in report and "plots/roc.png" in report
+
+
+def test_ct_cnn3d_end_to_end(tmp_path):
+    config = shrink(ct_cnn3d.get_config(), image_shape=(16, 16, 16), steps=3)
+    metrics = train.train_and_evaluate(config, str(tmp_path))
+    assert 0 <= metrics["auroc"] <= 1 and np.isfinite(metrics["loss"])
+    assert [line["split"] for line in _lines(tmp_path)][-1] == "test"
+
+
+def test_resume_after_a_crash_is_exact(tiny_config, tmp_path, monkeypatch):
+    tiny_config.model.dropout_rate = 0.3  # randomness in the step must resume exactly too
+    straight = str(tmp_path / "straight")
+    expected = train.train_and_evaluate(tiny_config, straight)
+
+    crashed = str(tmp_path / "crashed")
+    real_step, calls = train.train_step, []
+
+    def crash_at_step_5(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("simulated crash")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_step", crash_at_step_5)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train.train_and_evaluate(tiny_config, crashed)
+    monkeypatch.setattr(train, "train_step", real_step)
+    assert _latest_params(crashed, tiny_config)[0].step == 3  # the checkpoint before the crash
+    resumed = train.train_and_evaluate(tiny_config, crashed)
+
+    assert resumed == expected
+    a, b = _latest_params(straight, tiny_config)[0], _latest_params(crashed, tiny_config)[0]
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # Lines after the checkpoint written before the crash were replaced, not duplicated.
+    steps = [(line["split"], line["step"]) for line in _lines(crashed)]
+    assert steps == [(line["split"], line["step"]) for line in _lines(straight)]
+
+
+def test_rerun_of_a_finished_run_only_evaluates(tiny_config, tmp_path, monkeypatch):
+    first = train.train_and_evaluate(tiny_config, str(tmp_path))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run must not train again")
+
+    monkeypatch.setattr(train, "train_step", no_training)
+    assert train.train_and_evaluate(tiny_config, str(tmp_path)) == first
+    assert train.train_and_evaluate(tiny_config, str(tmp_path), train=False) == first
+    assert [line["split"] for line in _lines(tmp_path)].count("test") == 1
+
+
+def test_early_stopping_and_best_checkpoint(tiny_config, tmp_path):
+    tiny_config.trainer.num_train_steps = 30
+    tiny_config.trainer.eval_every_steps = 1
+    tiny_config.trainer.selection_metric = "loss"
+    tiny_config.trainer.selection_mode = "min"
+    tiny_config.trainer.early_stopping_patience = 2
+    tiny_config.optimizer.learning_rate = 0.5  # far too high: validation loss soon worsens
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+    val = [line for line in _lines(tmp_path) if line["split"] == "val"]
+    assert len(val) < 30
+    best = min(val, key=lambda line: line["loss"])
+    assert [line["step"] for line in val][-1] == best["step"] + 2  # stopped after patience
+    state, progress = _latest_params(str(tmp_path), tiny_config)
+    assert progress["finished"] and progress["best_step"] == best["step"]
+    test = _lines(tmp_path)[-1]
+    assert test["split"] == "test" and test["step"] == best["step"]
+
+
+def test_overfits_a_tiny_batch(tiny_config):
+    tiny_config.model.width = 0.25
+    tiny_config.optimizer.update(learning_rate=3e-3, warmup_steps=1, weight_decay=0.0)
+    task = build_task(tiny_config)
+    tx, _ = optim.create_optimizer(tiny_config.optimizer, 100)
+    state = train.create_train_state(task, tx, *jax.random.split(jax.random.key(0)))
+    batch = next(task.train_batches(0))
+    losses = []
+    for _ in range(60):
+        state, scalars = train.train_step(state, batch, task=task)
+        losses.append(float(scalars["loss"]))
+    assert losses[-1] < 0.05 < losses[0]
