@@ -65,7 +65,12 @@ def softmax_cross_entropy(
             f" integer class ids or [B, C] = {logits.shape} one-hot / probability rows."
         )
     _check_options(
-        "softmax_cross_entropy", batch, num_classes, mask, class_weights, label_smoothing,
+        "softmax_cross_entropy",
+        batch,
+        num_classes,
+        mask,
+        class_weights,
+        label_smoothing,
         focal_gamma,
     )
 
@@ -129,7 +134,12 @@ def sigmoid_cross_entropy(
     batch = logits.shape[0]
     num_outputs = logits.shape[1] if logits.ndim == 2 else 1
     _check_options(
-        "sigmoid_cross_entropy", batch, num_outputs, mask, class_weights, label_smoothing,
+        "sigmoid_cross_entropy",
+        batch,
+        num_outputs,
+        mask,
+        class_weights,
+        label_smoothing,
         focal_gamma,
     )
 

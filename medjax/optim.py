@@ -26,7 +26,9 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, num_train_steps: int)
     peak, end = opt.learning_rate, opt.learning_rate * opt.end_learning_rate_factor
     decay_steps = num_train_steps - opt.warmup_steps
     decay = {
-        "cosine": optax.cosine_decay_schedule(peak, decay_steps, alpha=opt.end_learning_rate_factor),
+        "cosine": optax.cosine_decay_schedule(
+            peak, decay_steps, alpha=opt.end_learning_rate_factor
+        ),
         "linear": optax.linear_schedule(peak, end, decay_steps),
         "constant": optax.constant_schedule(peak),
     }[opt.schedule]

@@ -4,6 +4,8 @@ import os
 
 import ml_collections
 
+from medjax import writers
+
 
 def write(
     workdir: str,
@@ -39,7 +41,4 @@ def write(
     lines += ["", "## Plots (test split)", ""]
     plots = sorted(p for p in os.listdir(os.path.join(workdir, "plots")) if p.endswith(".png"))
     lines += [f"![{p[:-4]}](plots/{p})" for p in plots]
-    path = os.path.join(workdir, "report.md")
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(path + ".tmp", path)
+    writers.write_atomically(os.path.join(workdir, "report.md"), "\n".join(lines) + "\n")

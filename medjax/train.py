@@ -46,7 +46,9 @@ def abstract_train_state(task: Task, tx: optax.GradientTransformation, mesh):
     keys = jax.random.split(jax.random.key(0))
     abstract = jax.eval_shape(functools.partial(create_train_state, task, tx), keys[0], keys[1])
     sharding = parallel.replicated(mesh)
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract
+    )
 
 
 def _variables(state: TrainState, params=None) -> dict:
@@ -108,7 +110,12 @@ def _check_trainer(config: ml_collections.ConfigDict, task: Task) -> None:
         )
     if trainer.selection_mode not in ("max", "min"):
         raise ConfigError(f"trainer.selection_mode={trainer.selection_mode!r}; use max or min")
-    for name in ("num_train_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
+    for name in (
+        "num_train_steps",
+        "log_every_steps",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+    ):
         if trainer[name] <= 0:
             raise ConfigError(f"trainer.{name}={trainer[name]} must be a positive integer")
 
@@ -127,12 +134,6 @@ def _prepare_workdir(workdir: str) -> None:
             f"cannot write to --workdir={workdir!r} ({e.strerror or e}); choose a folder you can "
             "write to"
         ) from None
-
-
-def _write_json(path: str, text: str) -> None:
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def _improved(value: float, best: float | None, mode: str) -> bool:
@@ -157,9 +158,10 @@ def train_and_evaluate(
     if not train and not os.path.isdir(checkpoint_dir):
         raise ConfigError(f"no checkpoint in {checkpoint_dir}; train first (--mode=train)")
     _prepare_workdir(workdir)
-    lead = jax.process_index() == 0
-    if lead and train:
-        _write_json(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+    if jax.process_index() == 0 and train:
+        writers.write_atomically(
+            os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2)
+        )
 
     mesh = parallel.data_mesh()
     init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
@@ -185,27 +187,32 @@ def train_and_evaluate(
         state, progress = _train(config, task, state, progress, schedule, ckpts, writer, mesh)
 
     best = ckpts.restore_best(abstract_state)
-    best_state = best[0] if best else state
+    ckpts.close()
+    return _test_and_report(
+        config, task, best[0] if best else state, int(state.step), workdir, writer, mesh
+    )
+
+
+def _test_and_report(config, task, best_state, last_step, workdir, writer, mesh):
+    """Evaluates the best state once on the test split; writes outputs, plots and report."""
     val_metrics, _ = evaluate(best_state, task, "val", mesh)
     test_metrics, gathered = evaluate(best_state, task, "test", mesh)
     best_step = int(best_state.step)
     writer.write_scalars(best_step, {f"test/{k}": v for k, v in test_metrics.items()})
     writer.flush()
-    if lead:
+    if jax.process_index() == 0:
         task.write_outputs(workdir, "test", gathered)
-        num_params = sum(x.size for x in jax.tree.leaves(state.params))
         report.write(
             workdir,
             config=config,
             description=task.description,
-            num_params=num_params,
+            num_params=sum(x.size for x in jax.tree.leaves(best_state.params)),
             best_step=best_step,
-            last_step=int(state.step),
+            last_step=last_step,
             val_metrics=val_metrics,
             test_metrics=test_metrics,
         )
-        logging.info("Test metrics at step %d: %s", best_step, json.dumps(test_metrics))
-    ckpts.close()
+    logging.info("Test metrics at step %d: %s", best_step, json.dumps(test_metrics))
     return test_metrics
 
 

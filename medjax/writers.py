@@ -24,7 +24,9 @@ class JsonlWriter(metric_writers.MetricWriter):
         lines: dict[str, dict] = {}
         for name, value in scalars.items():
             split, _, metric = name.rpartition("/")
-            line = lines.setdefault(split or "train", {"step": int(step), "split": split or "train"})
+            line = lines.setdefault(
+                split or "train", {"step": int(step), "split": split or "train"}
+            )
             line["time"] = round(time.time() - self._start_time, 3)
             line[metric] = float(value)
         with open(self._path, "a") as f:
@@ -60,6 +62,13 @@ class JsonlWriter(metric_writers.MetricWriter):
         pass
 
 
+def write_atomically(path: str, text: str) -> None:
+    """Writes a whole file or, on a crash, leaves the previous one: never half a file."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
 def keep_metrics_up_to(path: str, step: int) -> float:
     """On resume: drops lines after `step` and earlier test lines from metrics.jsonl.
 
@@ -70,9 +79,7 @@ def keep_metrics_up_to(path: str, step: int) -> float:
     with open(path) as f:
         lines = [json.loads(line) for line in f if line.strip()]
     kept = [line for line in lines if line["step"] <= step and line["split"] != "test"]
-    with open(path + ".tmp", "w") as f:
-        f.writelines(json.dumps(line) + "\n" for line in kept)
-    os.replace(path + ".tmp", path)
+    write_atomically(path, "".join(json.dumps(line) + "\n" for line in kept))
     return kept[-1]["time"] if kept else 0.0
 
 

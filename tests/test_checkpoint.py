@@ -11,10 +11,16 @@ TX = optax.adam(1e-3)  # one optimiser object: the state's tree structure includ
 
 
 def _state(seed):
-    params = {"dense": {"kernel": jax.random.normal(jax.random.key(seed), (3, 4)),
-                        "bias": jnp.arange(4.0) + seed}}
+    params = {
+        "dense": {
+            "kernel": jax.random.normal(jax.random.key(seed), (3, 4)),
+            "bias": jnp.arange(4.0) + seed,
+        }
+    }
     return train.TrainState.create(
-        apply_fn=None, params=params, tx=TX,
+        apply_fn=None,
+        params=params,
+        tx=TX,
         batch_stats={"norm": {"mean": jnp.full(4, float(seed))}},
         rng=jax.random.key_data(jax.random.key(seed)),
     )

@@ -19,8 +19,9 @@ class TestSyntheticCT:
 
     @pytest.mark.parametrize("shape", [(32, 32), (16, 24, 24)])
     def test_shapes_and_hounsfield_range(self, shape):
-        data = synthetic_ct.generate(30, image_shape=shape, seed=0, split="val",
-                                     positive_fraction=0.3)
+        data = synthetic_ct.generate(
+            30, image_shape=shape, seed=0, split="val", positive_fraction=0.3
+        )
         assert data["images"].shape == (30, *shape) and data["images"].dtype == np.int16
         assert data["labels"].dtype == np.int32 and set(np.unique(data["labels"])) <= {0, 1}
         images = data["images"]
@@ -31,26 +32,30 @@ class TestSyntheticCT:
         assert ((images > 0) & (images < 100)).mean() > 0.1
 
     def test_positive_fraction(self):
-        labels = synthetic_ct.generate(400, image_shape=(16, 16), seed=1, split="train",
-                                       positive_fraction=0.3)["labels"]
+        labels = synthetic_ct.generate(
+            400, image_shape=(16, 16), seed=1, split="train", positive_fraction=0.3
+        )["labels"]
         assert abs(labels.mean() - 0.3) < 0.07
 
     def test_suspicious_nodules_are_larger_soft_tissue(self):
         # Label 1 adds at least ~3x3 voxels of soft tissue inside the lungs; compare the counts
         # of soft-tissue voxels (-300..200 HU) between the classes.
-        data = synthetic_ct.generate(200, image_shape=(64, 64), seed=0, split="train",
-                                     positive_fraction=0.5)
+        data = synthetic_ct.generate(
+            200, image_shape=(64, 64), seed=0, split="train", positive_fraction=0.5
+        )
         tissue = ((data["images"] > -300) & (data["images"] < 200)).sum((1, 2))
         positive, negative = tissue[data["labels"] == 1], tissue[data["labels"] == 0]
         assert positive.mean() > negative.mean()
 
     def test_bad_arguments(self):
         with pytest.raises(ValueError, match="unknown split 'dev'"):
-            synthetic_ct.generate(1, image_shape=(32, 32), seed=0, split="dev",
-                                  positive_fraction=0.5)
+            synthetic_ct.generate(
+                1, image_shape=(32, 32), seed=0, split="dev", positive_fraction=0.5
+            )
         with pytest.raises(ValueError, match="must be"):
-            synthetic_ct.generate(1, image_shape=(8, 8), seed=0, split="train",
-                                  positive_fraction=0.5)
+            synthetic_ct.generate(
+                1, image_shape=(8, 8), seed=0, split="train", positive_fraction=0.5
+            )
 
 
 class TestTransforms:
@@ -95,10 +100,13 @@ class TestTrainBatches:
     labels = np.array([0, 1] * 10 + [0] * 12)  # 32 examples, 10 positive
 
     def batches(self, start_step, n, **kwargs):
-        kwargs = dict(global_batch_size=8, seed=5, balanced=False, process_index=0,
-                      process_count=1) | kwargs
-        it = pipeline.train_batches(self.labels, _load(np.arange(32.0)), start_step=start_step,
-                                    **kwargs)
+        kwargs = (
+            dict(global_batch_size=8, seed=5, balanced=False, process_index=0, process_count=1)
+            | kwargs
+        )
+        it = pipeline.train_batches(
+            self.labels, _load(np.arange(32.0)), start_step=start_step, **kwargs
+        )
         return [next(it) for _ in range(n)]
 
     def test_resume_sees_the_same_batches(self):
@@ -145,10 +153,12 @@ def test_eval_batches_visit_every_example_once():
 
     seen = []
     for p in range(2):
-        for batch in pipeline.eval_batches(21, load, global_batch_size=8, process_index=p,
-                                           process_count=2):
+        for batch in pipeline.eval_batches(
+            21, load, global_batch_size=8, process_index=p, process_count=2
+        ):
             assert batch["x"].shape == (4,)
             seen.extend(batch["index"][batch["mask"]])
-            np.testing.assert_array_equal(batch["x"][batch["mask"]],
-                                          batch["index"][batch["mask"]] * 10)
+            np.testing.assert_array_equal(
+                batch["x"][batch["mask"]], batch["index"][batch["mask"]] * 10
+            )
     assert sorted(seen) == list(range(21))

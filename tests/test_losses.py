@@ -31,6 +31,7 @@ def jit_loss(fn, **options):
 
 def jit_value_and_grad(fn, **options):
     """(loss, d loss / d logits) through jax.jit."""
+
     def loss(logits, labels, mask=None):
         return fn(logits, labels, mask=mask, **options)
 
@@ -59,8 +60,9 @@ def _masked_weighted_mean(per_example, weights, mask):
     return np.sum(mask * weights * per_example) / max(mask.sum(), 1.0)
 
 
-def np_softmax_ce(logits, onehot, mask=None, class_weights=None, label_smoothing=0.0,
-                  focal_gamma=0.0):
+def np_softmax_ce(
+    logits, onehot, mask=None, class_weights=None, label_smoothing=0.0, focal_gamma=0.0
+):
     """float64 reference: log-sum-exp by hand, focal and smoothing from their definitions."""
     x, y = np.asarray(logits, np.float64), np.asarray(onehot, np.float64)
     top = x.max(axis=1, keepdims=True)
@@ -71,16 +73,18 @@ def np_softmax_ce(logits, onehot, mask=None, class_weights=None, label_smoothing
     return _masked_weighted_mean(per_example, weights, mask)
 
 
-def np_sigmoid_ce(logits, labels, mask=None, class_weights=None, label_smoothing=0.0,
-                  focal_gamma=0.0):
+def np_sigmoid_ce(
+    logits, labels, mask=None, class_weights=None, label_smoothing=0.0, focal_gamma=0.0
+):
     """float64 reference: -(w t (1-p)^g log p + (1-t) p^g log(1-p)), mean over outputs."""
     x = np.asarray(logits, np.float64).reshape(len(logits), -1)
     y = np.asarray(labels, np.float64).reshape(x.shape)
     p = 1.0 / (1.0 + np.exp(-x))
     t = y * (1.0 - label_smoothing) + label_smoothing / 2.0
     w = 1.0 if class_weights is None else np.asarray(class_weights, np.float64)
-    per_output = -(w * t * (1 - p) ** focal_gamma * np.log(p)
-                   + (1 - t) * p**focal_gamma * np.log1p(-p))
+    per_output = -(
+        w * t * (1 - p) ** focal_gamma * np.log(p) + (1 - t) * p**focal_gamma * np.log1p(-p)
+    )
     return _masked_weighted_mean(per_output.mean(axis=1), 1.0, mask)
 
 
@@ -96,8 +100,12 @@ class TestSoftmaxCrossEntropy:
             ([0.0, np.log(3.0)], 1, {}, np.log(4.0 / 3.0)),
             ([0.0, 0.0], 0, {"focal_gamma": 2.0}, np.log(2.0) / 4.0),
             ([0.0, np.log(3.0)], 1, {"focal_gamma": 1.0}, np.log(4.0 / 3.0) / 4.0),
-            ([0.0, np.log(3.0)], 0, {"label_smoothing": 0.5},
-             0.75 * np.log(4.0) + 0.25 * np.log(4.0 / 3.0)),
+            (
+                [0.0, np.log(3.0)],
+                0,
+                {"label_smoothing": 0.5},
+                0.75 * np.log(4.0) + 0.25 * np.log(4.0 / 3.0),
+            ),
             ([0.0, 0.0], 1, {"class_weights": [1.0, 3.0]}, 3.0 * np.log(2.0)),
         ],
     )
@@ -133,8 +141,9 @@ class TestSoftmaxCrossEntropy:
         _, logits, ids, mask = _data(2, (4, C))
         mask = mask if masked else None
         loss = jax.jit(lambda x: self.f(x, ids, mask=mask, **options))
-        check_grads(loss, (logits.astype(np.float64),), order=2, modes=["rev"], atol=1e-6,
-                    rtol=1e-6)
+        check_grads(
+            loss, (logits.astype(np.float64),), order=2, modes=["rev"], atol=1e-6, rtol=1e-6
+        )
 
     @pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
     def test_extreme_logits(self, gamma):
@@ -185,7 +194,8 @@ class TestSoftmaxCrossEntropy:
     def test_focal_tends_to_cross_entropy_as_gamma_goes_to_0(self):
         _, logits, ids, _ = _data(7, (B, C))
         np.testing.assert_allclose(
-            jit_loss(self.f, focal_gamma=1e-7)(logits, ids), jit_loss(self.f)(logits, ids),
+            jit_loss(self.f, focal_gamma=1e-7)(logits, ids),
+            jit_loss(self.f)(logits, ids),
             rtol=1e-5,
         )
 
@@ -225,8 +235,12 @@ class TestSoftmaxCrossEntropy:
             ((B, C), np.zeros((B, C + 1)), {}, r"expected \[B\] = \(8,\) integer class ids"),
             ((B, C), np.zeros(B), {}, r"must be integer.*astype\(int\)"),
             ((B, C), np.zeros(B, int), {"mask": np.ones((B, 1))}, r"mask has shape \(8, 1\)"),
-            ((B, C), np.zeros(B, int), {"class_weights": np.ones(C - 1)},
-             r"class_weights has shape \(4,\), expected \[C\] = \(5,\)"),
+            (
+                (B, C),
+                np.zeros(B, int),
+                {"class_weights": np.ones(C - 1)},
+                r"class_weights has shape \(4,\), expected \[C\] = \(5,\)",
+            ),
             ((B, C), np.zeros(B, int), {"label_smoothing": 1.0}, r"label_smoothing=1.0.*\[0, 1\)"),
             ((B, C), np.zeros(B, int), {"label_smoothing": -0.1}, "label_smoothing=-0.1"),
             ((B, C), np.zeros(B, int), {"focal_gamma": -1.0}, "focal_gamma=-1.0"),
@@ -250,8 +264,12 @@ class TestSigmoidCrossEntropy:
             (np.log(3.0), 0, {}, np.log(4.0)),
             (0.0, 1, {"focal_gamma": 2.0}, np.log(2.0) / 4.0),
             (np.log(3.0), 0, {"focal_gamma": 1.0}, 0.75 * np.log(4.0)),
-            (np.log(3.0), 1, {"label_smoothing": 0.5},
-             0.75 * np.log(4.0 / 3.0) + 0.25 * np.log(4.0)),
+            (
+                np.log(3.0),
+                1,
+                {"label_smoothing": 0.5},
+                0.75 * np.log(4.0 / 3.0) + 0.25 * np.log(4.0),
+            ),
             (0.0, 1, {"class_weights": [3.0]}, 3.0 * np.log(2.0)),
             (0.0, 0, {"class_weights": [3.0]}, np.log(2.0)),  # weight on positives only
         ],
@@ -303,8 +321,9 @@ class TestSigmoidCrossEntropy:
         labels = rng.uniform(size=(4, C)).round(1)
         mask = mask if masked else None
         loss = jax.jit(lambda x: self.f(x, labels, mask=mask, **options))
-        check_grads(loss, (logits.astype(np.float64),), order=2, modes=["rev"], atol=1e-6,
-                    rtol=1e-6)
+        check_grads(
+            loss, (logits.astype(np.float64),), order=2, modes=["rev"], atol=1e-6, rtol=1e-6
+        )
 
     @pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
     def test_extreme_logits(self, gamma):
@@ -332,7 +351,8 @@ class TestSigmoidCrossEntropy:
         labels = rng.integers(0, 2, (B, C))
         loss = jit_loss(self.f, **OPTION_CASES["all"][0])
         assert loss(logits, labels.astype(np.int8), mask) == loss(
-            logits, labels.astype(np.float32), mask)
+            logits, labels.astype(np.float32), mask
+        )
 
     @pytest.mark.parametrize("options", [{}, {"focal_gamma": 2.0, "class_weights": WEIGHTS}])
     def test_masked_equals_sliced(self, options):
@@ -355,7 +375,8 @@ class TestSigmoidCrossEntropy:
         rng, logits, _, _ = _data(8, (B, C))
         labels = rng.uniform(size=(B, C))
         np.testing.assert_allclose(
-            jit_loss(self.f, focal_gamma=1e-7)(logits, labels), jit_loss(self.f)(logits, labels),
+            jit_loss(self.f, focal_gamma=1e-7)(logits, labels),
+            jit_loss(self.f)(logits, labels),
             rtol=1e-5,
         )
 
@@ -396,8 +417,12 @@ class TestSigmoidCrossEntropy:
             ((B,), np.zeros((B, 1)), {}, r"labels have shape \(8, 1\), expected .* \(8,\)"),
             ((B, C), np.zeros((B - 1, C)), {}, "same batch size"),
             ((B, C), np.zeros((B, C)), {"mask": np.ones(B + 1)}, r"mask has shape \(9,\)"),
-            ((B,), np.zeros(B), {"class_weights": [1.0, 2.0]},
-             r"class_weights has shape \(2,\), expected \[C\] = \(1,\)"),
+            (
+                (B,),
+                np.zeros(B),
+                {"class_weights": [1.0, 2.0]},
+                r"class_weights has shape \(2,\), expected \[C\] = \(1,\)",
+            ),
             ((B, C), np.zeros((B, C)), {"label_smoothing": 1.5}, "label_smoothing=1.5"),
             ((B, C), np.zeros((B, C)), {"focal_gamma": -0.5}, "focal_gamma=-0.5"),
         ],

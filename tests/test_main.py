@@ -11,8 +11,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _run(*args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", "medjax.main", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "medjax.main", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize(
@@ -20,10 +26,14 @@ def _run(*args):
     [
         (["--config=configs/ct_cnn.py", "--config.trainer.no_such_key=1"], "no_such_key"),
         (["--config=configs/does_not_exist.py"], "does_not_exist.py"),
-        (["--config=configs/ct_cnn.py", "--config.model.name=resnet7"],
-         "unknown model 'resnet7'; valid names: resnet10, resnet18, resnet34, resnet50"),
-        (["--config=configs/ct_cnn.py", "--config.trainer.batch_size=0"],
-         "trainer.batch_size=0 does not divide evenly"),
+        (
+            ["--config=configs/ct_cnn.py", "--config.model.name=resnet7"],
+            "unknown model 'resnet7'; valid names: resnet10, resnet18, resnet34, resnet50",
+        ),
+        (
+            ["--config=configs/ct_cnn.py", "--config.trainer.batch_size=0"],
+            "trainer.batch_size=0 does not divide evenly",
+        ),
     ],
 )
 def test_bad_input_is_reported_plainly_and_writes_nothing(tmp_path, args, message):

@@ -59,8 +59,15 @@ def test_no_weight_decay_on_biases_and_scales(name):
 
 def test_clipping_by_global_norm():
     tx, _ = optim.create_optimizer(
-        _opt(name="sgd", momentum=0.0, learning_rate=1.0, weight_decay=0.0, warmup_steps=0,
-             schedule="constant", grad_clip_norm=1.0),
+        _opt(
+            name="sgd",
+            momentum=0.0,
+            learning_rate=1.0,
+            weight_decay=0.0,
+            warmup_steps=0,
+            schedule="constant",
+            grad_clip_norm=1.0,
+        ),
         10,
     )
     params = {"w": jnp.zeros(2)}

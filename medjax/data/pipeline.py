@@ -25,7 +25,9 @@ def epoch_order(labels: np.ndarray, *, seed: int, epoch: int, balanced: bool) ->
         return rng.permutation(len(labels))
     members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
     largest = max(len(m) for m in members)
-    return rng.permutation(np.concatenate([np.resize(rng.permutation(m), largest) for m in members]))
+    return rng.permutation(
+        np.concatenate([np.resize(rng.permutation(m), largest) for m in members])
+    )
 
 
 def train_batches(
