@@ -16,6 +16,8 @@ from absl import logging
 
 class Checkpoints:
     def __init__(self, directory: str, *, max_to_keep: int):
+        directory = os.path.abspath(directory)  # orbax refuses relative paths
+
         def manager(name, keep):
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=keep, create=True, enable_async_checkpointing=False
@@ -40,8 +42,9 @@ class Checkpoints:
         return _restore(self._best, abstract_state)
 
     def close(self) -> None:
-        self._latest.close()
-        self._best.close()
+        with _quiet():
+            self._latest.close()
+            self._best.close()
 
 
 @contextlib.contextmanager

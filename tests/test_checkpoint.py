@@ -65,3 +65,13 @@ def test_an_interrupted_save_is_ignored(tmp_path):
     restored, _ = ckpts.restore_latest(jax.eval_shape(lambda: _state(0)))
     _assert_equal(restored, _state(5))
     ckpts.close()
+
+
+def test_relative_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ckpts = checkpoint.Checkpoints("runs/x/checkpoints", max_to_keep=1)
+    ckpts.save_latest(1, _state(1), {"finished": False})
+    restored, _ = ckpts.restore_latest(jax.eval_shape(lambda: _state(0)))
+    _assert_equal(restored, _state(1))
+    ckpts.close()
+    assert os.listdir(tmp_path / "runs" / "x" / "checkpoints" / "latest") == ["1"]
