@@ -9,7 +9,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0  # every random choice of training derives from it (init, dropout, order)
-    config.task = "classification"  # medjax.tasks.TASKS
+    config.task = "classification"  # medjax.tasks.TASKS: classification or ehr
     config.dtype = "float32"  # compute dtype: float32 or bfloat16 (parameters stay float32)
 
     config.trainer = trainer = ml_collections.ConfigDict()
@@ -38,33 +38,47 @@ def get_config() -> ml_collections.ConfigDict:
     opt.grad_clip_norm = 1.0  # clip by global norm; 0: no clipping
 
     config.model = model = ml_collections.ConfigDict()
-    model.name = "resnet18"  # medjax.models.cnn.MODELS
-    model.width = 1.0  # channel multiplier on 64/128/256/512
-    model.norm = "batch"  # batch or group
-    model.small_input = True  # 3x3 stride-1 stem, no max-pool (MedMNIST's ResNet (28))
-    model.dropout_rate = 0.0  # before the classifier
+    model.name = "resnet18"  # medjax.models.cnn.MODELS or, for ehr, medjax.models.rnn.MODELS
+    model.dropout_rate = 0.0  # before the classifier (and between recurrent layers)
+    model.width = 1.0  # cnn: channel multiplier on 64/128/256/512
+    model.norm = "batch"  # cnn: batch or group
+    model.small_input = True  # cnn: 3x3 stride-1 stem, no max-pool (MedMNIST's ResNet (28))
+    model.hidden_size = 64  # rnn: units per direction and layer
+    model.num_layers = 1  # rnn: stacked layers
+    model.bidirectional = False  # rnn: gru and lstm only
+    model.pooling = "last"  # rnn: last (valid step), mean or attention
 
     config.loss = loss = ml_collections.ConfigDict()
     loss.label_smoothing = 0.0
     loss.focal_gamma = 0.0  # 0: cross-entropy
-    loss.class_weights = ()  # one per class, or () for none
+    loss.class_weights = ()  # classification: one per class, or () for none
+    loss.positive_weight = 1.0  # ehr: weight of the positive term of the sigmoid loss
+    loss.per_step_weight = 0.0  # ehr: weight of an extra loss on every valid step's prediction
 
     config.data = data = ml_collections.ConfigDict()
-    data.name = "synthetic_ct"  # medjax.data.IMAGE_DATASETS
+    data.name = "synthetic_ct"  # medjax.data.IMAGE_DATASETS; ehr: synthetic_ehr, physionet2012
     data.dir = ""  # folder with the dataset's files as distributed (real datasets)
-    data.seed = 0  # synthetic data: which cohort; fixed like a real dataset, apart from `seed`
-    data.image_shape = (64, 64)  # synthetic data: (H, W) slices or (D, H, W) volumes
+    data.seed = 0  # which synthetic cohort / which held-out split; apart from `seed`
     data.num_train = 6000  # synthetic data: patients per split
     data.num_val = 1000
     data.num_test = 2000
+    data.balanced_sampling = False  # oversample smaller classes to the largest one
+    # Images.
+    data.image_shape = (64, 64)  # synthetic data: (H, W) slices or (D, H, W) volumes
     data.positive_fraction = 0.3  # synthetic data: share with a suspicious nodule
     data.window_center = -600.0  # HU window (lung), mapped to [-1, 1]
     data.window_width = 1500.0
-    data.balanced_sampling = False  # oversample smaller classes to the largest one
     data.augment = augment = ml_collections.ConfigDict()
     augment.enabled = True
     augment.flip_left_right = True
     augment.max_rotation_degrees = 10.0  # in the axial plane
     augment.hu_shift = 10.0  # std of an intensity offset, HU
     augment.hu_scale = 0.03  # intensity scale jitter, +-fraction
+    # ICU time series.
+    data.hours = 48.0  # the first hours of the stay
+    data.step_hours = 1.0  # grid step
+    data.imputation = "zero"  # zero (= training mean, with mask and delta) or forward_fill
+    data.test_set = "a"  # physionet2012: a (held-out part of set A) or b / c (a whole set)
+    data.test_fraction = 0.2  # physionet2012, test_set a: share of set A held out for test
+    data.val_fraction = 0.15  # physionet2012: share of set A for validation
     return config

@@ -153,6 +153,18 @@ def average_precision(labels, scores) -> float:
     return float(-np.sum(np.diff(recall) * precision[:-1]))
 
 
+def min_sensitivity_ppv(labels, scores) -> float:
+    """PhysioNet 2012's event-1 score, min(Se, +P), at the threshold where it is highest.
+
+    A threshold-free summary like AUROC (no threshold is fitted to the data it reports on); nan
+    without positives.
+    """
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    if np.isnan(recall).all():
+        return float("nan")
+    return float(np.max(np.minimum(precision, recall)))
+
+
 def macro_roc_auc(labels, probs) -> float:
     """One-vs-rest AUROC averaged over classes, as MedMNIST reports multi-class AUC.
 

@@ -31,7 +31,7 @@ class TrainState(train_state.TrainState):
 
 
 def create_train_state(task: Task, tx: optax.GradientTransformation, init_key, dropout_key):
-    variables = task.model.init(init_key, task.example_batch[task.input_key], train=False)
+    variables = task.model.init(init_key, task.model_inputs(task.example_batch), train=False)
     return TrainState.create(
         apply_fn=task.model.apply,
         params=variables["params"],
@@ -64,14 +64,14 @@ def train_step(state: TrainState, batch, *, task: Task):
     dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
     def loss_of(params):
-        logits, updates = task.model.apply(
+        outputs, updates = task.model.apply(
             _variables(state, params),
-            batch[task.input_key],
+            task.model_inputs(batch),
             train=True,
             rngs={"dropout": dropout_key},
             mutable=["batch_stats"],
         )
-        return task.loss_fn(logits, batch), updates
+        return task.loss_fn(outputs, batch), updates
 
     (loss, updates), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
@@ -85,8 +85,8 @@ def train_step(state: TrainState, batch, *, task: Task):
 
 @functools.partial(jax.jit, static_argnames="task")
 def eval_step(state: TrainState, batch, *, task: Task):
-    logits = task.model.apply(_variables(state), batch[task.input_key], train=False)
-    return {**task.eval_outputs_fn(logits, batch), "mask": batch["mask"]}
+    outputs = task.model.apply(_variables(state), task.model_inputs(batch), train=False)
+    return {**task.eval_outputs_fn(outputs, batch), "valid": batch["valid"]}
 
 
 def evaluate(state: TrainState, task: Task, split: str, mesh) -> tuple[dict, dict]:
@@ -94,7 +94,7 @@ def evaluate(state: TrainState, task: Task, split: str, mesh) -> tuple[dict, dic
     gatherer = metrics.OutputGatherer()
     for batch in task.eval_batches(split):
         outputs = parallel.gather(eval_step(state, parallel.shard_batch(batch, mesh), task=task))
-        gatherer.add(outputs, outputs.pop("mask"))
+        gatherer.add(outputs, outputs.pop("valid"))
     gathered = gatherer.result()
     return task.compute_metrics(gathered), gathered
 

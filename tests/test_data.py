@@ -157,8 +157,8 @@ def test_eval_batches_visit_every_example_once():
             21, load, global_batch_size=8, process_index=p, process_count=2
         ):
             assert batch["x"].shape == (4,)
-            seen.extend(batch["index"][batch["mask"]])
+            seen.extend(batch["index"][batch["valid"]])
             np.testing.assert_array_equal(
-                batch["x"][batch["mask"]], batch["index"][batch["mask"]] * 10
+                batch["x"][batch["valid"]], batch["index"][batch["valid"]] * 10
             )
     assert sorted(seen) == list(range(21))

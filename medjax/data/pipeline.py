@@ -91,7 +91,7 @@ def eval_batches(
     process_index: int,
     process_count: int,
 ) -> Iterator[Batch]:
-    """Every example once, in order; the last global batch padded, `mask` 0 on the padding.
+    """Every example once, in order; the last global batch padded, `valid` 0 on the padding.
 
     Batches also carry `index`, each example's row in the split.
     """
@@ -99,15 +99,15 @@ def eval_batches(
     num_batches = -(-num_examples // global_batch_size)
     padded = np.arange(num_batches * global_batch_size).reshape(num_batches, process_count, -1)
     rows = padded[:, process_index].reshape(-1)
-    mask = rows < num_examples
-    rows = np.where(mask, rows, 0)
+    valid = rows < num_examples
+    rows = np.where(valid, rows, 0)
 
-    def load_with_mask(index, mask):
-        return {**load(index), "index": tf.cast(index, tf.int32), "mask": mask}
+    def load_with_flags(index, valid):
+        return {**load(index), "index": tf.cast(index, tf.int32), "valid": valid}
 
     dataset = (
-        tf.data.Dataset.from_tensor_slices((rows, mask))
-        .map(load_with_mask, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        tf.data.Dataset.from_tensor_slices((rows, valid))
+        .map(load_with_flags, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .batch(local_size)
         .prefetch(2)
     )

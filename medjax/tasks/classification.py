@@ -101,21 +101,13 @@ def build(config: ml_collections.ConfigDict) -> Task:
         return {"probs": jax.nn.softmax(logits), "label": batch["label"], "index": batch["index"]}
 
     def write_outputs(workdir, split, gathered):
-        write_predictions(workdir, split, gathered, dataset.load_split(split)["ids"])
-        probs, labels = gathered["probs"], gathered["label"]
-        title = f"{dataset.name}, {split}"
-        if dataset.num_classes == 2:
-            fpr, tpr, _ = metrics.roc_curve(labels, probs[:, 1])
-            auroc = metrics.roc_auc(labels, probs[:, 1])
-            plots.roc_curve(os.path.join(workdir, "plots", "roc.png"), fpr, tpr, auroc, title)
-        counts = metrics.confusion_matrix(labels, probs.argmax(1), dataset.num_classes)
-        path = os.path.join(workdir, "plots", "confusion_matrix.png")
-        plots.confusion_matrix(path, counts, dataset.class_names, title)
+        ids = dataset.load_split(split)["ids"]
+        write_outputs_of(workdir, split, gathered, ids, dataset.class_names, dataset.name)
 
     example_image = np.zeros((1, *dataset.image_shape, 1), np.float32)
     return Task(
         model=model,
-        input_key="image",
+        model_inputs=lambda batch: batch["image"],
         example_batch={"image": example_image, "label": np.zeros(1, np.int32)},
         loss_fn=loss_fn,
         eval_outputs_fn=eval_outputs_fn,
@@ -138,12 +130,20 @@ def compute_metrics(gathered: dict[str, np.ndarray]) -> dict[str, float]:
     return result
 
 
-def write_predictions(workdir: str, split: str, gathered: dict[str, np.ndarray], ids) -> None:
-    """predictions/<split>.csv: id, label, prediction (argmax), then prob_<class> columns."""
-    probs = gathered["probs"]
-    path = os.path.join(workdir, "predictions", f"{split}.csv")
-    with open(path, "w", newline="") as f:
+def write_outputs_of(workdir, split, gathered, ids, class_names, dataset_name) -> None:
+    """predictions/<split>.csv, plots/roc.png (two classes) and plots/confusion_matrix.png."""
+    probs, labels = gathered["probs"], gathered["label"]
+    title = f"{dataset_name}, {split}"
+    if len(class_names) == 2:
+        fpr, tpr, _ = metrics.roc_curve(labels, probs[:, 1])
+        auroc = metrics.roc_auc(labels, probs[:, 1])
+        plots.roc_curve(os.path.join(workdir, "plots", "roc.png"), fpr, tpr, auroc, title)
+    counts = metrics.confusion_matrix(labels, probs.argmax(1), len(class_names))
+    path = os.path.join(workdir, "plots", "confusion_matrix.png")
+    plots.confusion_matrix(path, counts, class_names, title)
+    # id, label, prediction (argmax), then prob_<class> columns.
+    with open(os.path.join(workdir, "predictions", f"{split}.csv"), "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["id", "label", "prediction", *(f"prob_{c}" for c in range(probs.shape[1]))])
-        for index, label, row in zip(gathered["index"], gathered["label"], probs):
+        for index, label, row in zip(gathered["index"], labels, probs):
             out.writerow([ids[index], int(label), int(row.argmax()), *(f"{p:.6g}" for p in row)])

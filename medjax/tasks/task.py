@@ -2,6 +2,7 @@
 
 import dataclasses
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -15,21 +16,21 @@ class Task:
     """Model, loss, metrics and data of one task. Hashed by identity: a static jit argument.
 
     Attributes:
-      model: a linen module; `model.apply(variables, batch[input_key], train=...)`.
-      input_key: the batch entry the model reads.
-      example_batch: one local batch's arrays, to initialise the model and its shapes.
+      model: a linen module; `model.apply(variables, model_inputs(batch), train=...)`.
+      model_inputs: batch -> what the model reads (an array or a dict of arrays).
+      example_batch: a batch of one example, to initialise the model.
       loss_fn: (model outputs, batch) -> scalar training loss (jnp, jittable).
       eval_outputs_fn: (model outputs, batch) -> per-example arrays kept for metrics.
       compute_metrics: gathered per-example arrays of a split -> {metric name: float}.
       train_batches: start step -> endless iterator of this process's training batches.
-      eval_batches: split name -> iterator over the split once, padded, with `mask`.
+      eval_batches: split name -> iterator over the split once, padded, with `valid`.
       write_outputs: (workdir, split, gathered arrays) -> writes predictions and plots.
       description: data and model in a sentence, for the report.
       selection_metrics: metric names fit to select checkpoints and stop early.
     """
 
     model: nn.Module
-    input_key: str
+    model_inputs: Callable[[Batch], Any]
     example_batch: Batch
     loss_fn: Callable[[jax.Array, Batch], jax.Array]
     eval_outputs_fn: Callable[[jax.Array, Batch], dict[str, jax.Array]]

@@ -1,0 +1,23 @@
+"""GRU-D on PhysioNet 2012 set A: in-hospital death, a seeded stratified 20% of set A as test.
+
+  python -m medjax.main --config=configs/ehr_physionet.py --workdir=runs/physionet \
+      --config.data.dir=../shared/data/physionet2012
+
+DIR holds set-a.tar.gz (or set-a/) and Outcomes-a.txt as PhysioNet distributes them;
+`--config.data.test_set=c` trains on set A and tests on the whole of set C.
+"""
+
+from configs import ehr_rnn
+
+
+def get_config():
+    config = ehr_rnn.get_config()
+    config.data.name = "physionet2012"
+    config.model.hidden_size = 64
+    config.model.dropout_rate = 0.3
+    config.trainer.num_train_steps = 1500
+    config.trainer.eval_every_steps = 100
+    config.trainer.checkpoint_every_steps = 100
+    config.optimizer.learning_rate = 1e-3
+    config.optimizer.weight_decay = 1e-3
+    return config

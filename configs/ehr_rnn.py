@@ -1,0 +1,31 @@
+"""GRU-D on ICU time series: in-hospital death from the first 48 hours, synthetic cohort.
+
+  python -m medjax.main --config=configs/ehr_rnn.py --workdir=runs/ehr
+
+Variants: `--config.model.name=gru` or `lstm` (GRU-Simple: values, mask and time since last
+observation as inputs), `--config.data.imputation=forward_fill`. Real data:
+`--config.data.name=physionet2012 --config.data.dir=DIR` (DIR holds set-a.tar.gz or set-a/ and
+Outcomes-a.txt; `--config.data.test_set=c` tests on the whole of set C).
+"""
+
+from configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.task = "ehr"
+    config.data.name = "synthetic_ehr"
+    config.data.num_train = 4000
+    config.data.num_val = 1000
+    config.data.num_test = 2000
+    config.model.name = "gru_d"
+    config.model.hidden_size = 64
+    config.model.dropout_rate = 0.2
+    config.trainer.num_train_steps = 1000
+    config.trainer.batch_size = 64
+    config.trainer.eval_batch_size = 512
+    config.trainer.eval_every_steps = 200
+    config.trainer.checkpoint_every_steps = 200
+    config.optimizer.learning_rate = 1e-3
+    config.optimizer.weight_decay = 1e-4
+    return config

@@ -1,0 +1,154 @@
+"""ICU time series on a regular grid, split, normalised on the training split and imputed.
+
+Sources: `synthetic_icu` (the embedded default) and `physionet2012` (the challenge files). Every
+split holds `values`, `mask`, `delta` [N, T, V], `lengths` [N], `static` [N, S], `labels` [N]
+and `ids` [N]. Normalisation (per variable, over observed entries) and the static features'
+statistics are fitted on the training split only and then applied to every split.
+
+Imputation (`data.imputation`), in normalised units:
+  zero: 0 where missing, which after normalisation is the training mean; the models also read
+    the mask and the time since the last observation.
+  forward_fill: the last observed value, 0 (the training mean) before the first one.
+GRU-D (model `gru_d`) learns its own decay towards the mean from the raw, masked values; use it
+with `zero`.
+"""
+
+import dataclasses
+
+import ml_collections
+import numpy as np
+
+from medjax.data import physionet2012, synthetic_icu
+from medjax.errors import ConfigError
+
+IMPUTATIONS = ("zero", "forward_fill")
+TEST_SETS = ("a", "b", "c")
+
+
+@dataclasses.dataclass(frozen=True)
+class EHRDataset:
+    name: str
+    splits: dict[str, dict[str, np.ndarray]]
+    description: str
+
+
+def load(data: ml_collections.ConfigDict) -> EHRDataset:
+    """The dataset named by `data.name`, gridded, split, normalised and imputed."""
+    if data.imputation not in IMPUTATIONS:
+        raise ConfigError(
+            f"unknown data.imputation {data.imputation!r}; valid: {', '.join(IMPUTATIONS)}"
+        )
+    if data.name == "synthetic_ehr":
+        splits = {
+            split: synthetic_icu.generate(size, seed=data.seed, split=split, hours=data.hours)
+            for split, size in (("train", data.num_train), ("val", data.num_val),
+                                ("test", data.num_test))
+        }  # fmt: skip
+        description = "synthetic ICU cohort"
+    elif data.name == "physionet2012":
+        splits = _physionet_splits(data)
+        description = f"PhysioNet 2012 from {data.dir} (test: set {data.test_set})"
+    else:
+        raise ConfigError(
+            f"unknown dataset data.name={data.name!r} for the ehr task; "
+            "valid names: synthetic_ehr, physionet2012"
+        )
+    gridded = {split: _grid(records, labels, data) for split, (records, labels) in splits.items()}
+    mean, std = physionet2012.fit_normalizer(gridded["train"]["values"], gridded["train"]["mask"])
+    static_stats = _fit_static(gridded["train"]["descriptors"])
+    prepared = {
+        split: _prepare(arrays, mean, std, static_stats, data.imputation)
+        for split, arrays in gridded.items()
+    }
+    sizes = "/".join(str(len(prepared[s]["labels"])) for s in ("train", "val", "test"))
+    rates = ", ".join(f"{prepared[s]['labels'].mean():.1%}" for s in ("train", "val", "test"))
+    return EHRDataset(
+        name=data.name,
+        splits=prepared,
+        description=f"{description}: {sizes} train/val/test stays, deaths {rates}; "
+        f"{data.hours:g} h at {data.step_hours:g} h steps, imputation {data.imputation}",
+    )
+
+
+def _physionet_splits(data):
+    """Set A split into train, val and (test_set a) a held-out test part, stratified and
+    seeded by data.seed; or set A as train and val, and the whole of set b or c as test."""
+    if data.test_set not in TEST_SETS:
+        raise ConfigError(f"data.test_set={data.test_set!r}; valid: {', '.join(TEST_SETS)}")
+    if not data.dir:
+        raise ConfigError(
+            "data.name=physionet2012 needs --config.data.dir=DIR, a folder with set-a.tar.gz (or "
+            f"set-a/) and Outcomes-a.txt as distributed at {physionet2012.URL}"
+        )
+    records, labels, _ = physionet2012.read_set(data.dir, "a")
+    rng = np.random.default_rng(data.seed)
+    held_out = data.test_fraction if data.test_set == "a" else 0.0
+    parts = _stratified_split(labels, (held_out, data.val_fraction), rng)
+    splits = {name: _take(records, labels, idx) for name, idx in zip(("test", "val"), parts)}
+    splits["train"] = _take(records, labels, parts[2])
+    if data.test_set != "a":
+        test_records, test_labels, _ = physionet2012.read_set(data.dir, data.test_set)
+        splits["test"] = (test_records, test_labels)
+    return splits
+
+
+def _stratified_split(labels, fractions, rng):
+    """Index arrays of the given fractions of each class, then the rest; seeded."""
+    parts = [[] for _ in range(len(fractions) + 1)]
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        bounds = np.cumsum([round(f * len(members)) for f in fractions])
+        for part, chunk in zip(parts, np.split(members, bounds)):
+            part.append(chunk)
+    return [np.sort(np.concatenate(p)) for p in parts]
+
+
+def _take(records, labels, indices):
+    return [records[i] for i in indices], labels[indices]
+
+
+def _grid(records, labels, data):
+    arrays = physionet2012.to_grid(records, hours=data.hours, step_hours=data.step_hours)
+    arrays["labels"] = np.asarray(labels, np.int32)
+    return arrays
+
+
+_NUMERIC = [physionet2012.DESCRIPTORS.index(d) for d in ("Age", "Height", "Weight")]
+_GENDER = physionet2012.DESCRIPTORS.index("Gender")
+_ICU_TYPE = physionet2012.DESCRIPTORS.index("ICUType")
+
+
+def _fit_static(descriptors):
+    numeric = descriptors[:, _NUMERIC]
+    return np.nanmean(numeric, 0), np.nanstd(numeric, 0) + 1e-6
+
+
+def _prepare(arrays, mean, std, static_stats, imputation):
+    mask = arrays["mask"]
+    values = np.where(mask > 0, (arrays["values"] - mean) / std, 0.0).astype(np.float32)
+    if imputation == "forward_fill":
+        values = _forward_fill(values, mask)
+    descriptors = arrays["descriptors"]
+    numeric = (descriptors[:, _NUMERIC] - static_stats[0]) / static_stats[1]
+    gender = descriptors[:, [_GENDER]]
+    icu_type = descriptors[:, _ICU_TYPE][:, None] == np.arange(1, 5)[None]
+    static = np.concatenate(
+        [np.nan_to_num(numeric), np.nan_to_num(gender, nan=0.5), icu_type], axis=1
+    ).astype(np.float32)
+    return {
+        "values": values,
+        "mask": mask,
+        "delta": arrays["delta"],
+        "lengths": arrays["lengths"],
+        "static": static,
+        "labels": arrays["labels"],
+        "ids": arrays["record_ids"].astype(str),
+    }
+
+
+def _forward_fill(values, mask):
+    """Carries each variable's last observed value forward along time (axis 1)."""
+    steps = np.arange(values.shape[1])[None, :, None]
+    last = np.maximum.accumulate(np.where(mask > 0, steps, -1), axis=1)
+    filled = np.take_along_axis(values, np.maximum(last, 0), axis=1)
+    return np.where(last >= 0, filled, 0.0).astype(np.float32)

@@ -1,0 +1,553 @@
+"""PhysioNet/CinC Challenge 2012: ICU stays (first 48 h) with in-hospital death as the label.
+
+Reads the files exactly as PhysioNet distributes them (https://physionet.org/content/
+challenge-2012/1.0.0/): `set-<x>.tar.gz` or the extracted folder `set-<x>/` of
+`<RecordID>.txt` files, plus `Outcomes-<x>.txt`, for x in a, b, c. A record file holds a
+`Time,Parameter,Value` header and lines `HH:MM,Parameter,Value` (hours may pass 24). The general
+descriptors (Age, Gender, Height, ICUType, Weight) sit at 00:00; the first Weight at 00:00 is the
+descriptor, any later Weight line is the time-varying variable. -1 means unknown.
+
+Quirks handled, each counted in the `stats` of `read_set` and logged: records missing from the
+outcome file (excluded), outcome rows without a record (set A has four ids with no data: missing
+files or header-only files, treated alike), lines with an empty Parameter (skipped), -1 values
+(a NaN descriptor; a dropped observation), placeholders (below, dropped), a descriptor given twice
+(the first is kept), unknown parameter names (skipped), values outside PHYSIOLOGICAL_RANGES
+(clipped).
+
+Placeholders: no variable is legitimately negative, and a zero where the plausible range starts
+above zero (Weight 0 kg, Temp 0 C, pH 0, ...) is a "not measured" code rather than a measurement.
+Set A holds Weight 0 (184 times) and Temp 0 or -17.8 C (= 0 F; 63 times): clipping them would put
+fake 20 kg / 20 C values into the series, so they are dropped like -1.
+"""
+
+import collections
+import dataclasses
+import math
+import os
+import pathlib
+import re
+import tarfile
+
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import logging
+
+from medjax.errors import ConfigError
+
+URL = "https://physionet.org/content/challenge-2012/1.0.0/"
+SET_NAMES = ("a", "b", "c")
+HEADER = "Time,Parameter,Value"
+LABEL_COLUMN = "In-hospital_death"
+
+VARIABLES = (
+    "Albumin", "ALP", "ALT", "AST", "Bilirubin", "BUN", "Cholesterol", "Creatinine", "DiasABP",
+    "FiO2", "GCS", "Glucose", "HCO3", "HCT", "HR", "K", "Lactate", "Mg", "MAP", "MechVent", "Na",
+    "NIDiasABP", "NIMAP", "NISysABP", "PaCO2", "PaO2", "pH", "Platelets", "RespRate", "SaO2",
+    "SysABP", "Temp", "TroponinI", "TroponinT", "Urine", "WBC", "Weight",
+)  # fmt: skip
+DESCRIPTORS = ("Age", "Gender", "Height", "ICUType", "Weight")
+
+# Plausible extremes in the challenge's units, wide enough that only evident errors (unit slips
+# such as pH 735, placeholders such as Temp -17.8 C = 0 F, typos) are touched: bounds of survivable
+# physiology and of the instruments' reporting ranges, in the spirit of the outlier tables of
+# MIMIC-Extract (Wang et al. 2020). Ages above 100 (200-202 in some copies of set A: de-identified
+# very old patients) become 100. Gender (0/1) and ICUType (1-4) are categories: other values are
+# unknown, not clipped.
+PHYSIOLOGICAL_RANGES = {
+    "Albumin": (0.5, 7.0),  # g/dL
+    "ALP": (1.0, 5000.0),  # IU/L
+    "ALT": (1.0, 20000.0),  # IU/L (ischaemic hepatitis reaches ~10^4)
+    "AST": (1.0, 30000.0),  # IU/L
+    "Bilirubin": (0.0, 80.0),  # mg/dL
+    "BUN": (0.0, 300.0),  # mg/dL
+    "Cholesterol": (10.0, 1000.0),  # mg/dL
+    "Creatinine": (0.0, 30.0),  # mg/dL
+    "DiasABP": (0.0, 250.0),  # mmHg, invasive
+    "FiO2": (0.21, 1.0),  # fraction
+    "GCS": (3.0, 15.0),  # Glasgow coma score
+    "Glucose": (10.0, 2000.0),  # mg/dL
+    "HCO3": (0.0, 60.0),  # mmol/L
+    "HCT": (5.0, 75.0),  # %
+    "HR": (0.0, 300.0),  # bpm
+    "K": (1.0, 15.0),  # mEq/L
+    "Lactate": (0.0, 40.0),  # mmol/L
+    "Mg": (0.0, 10.0),  # mmol/L
+    "MAP": (0.0, 300.0),  # mmHg, invasive
+    "MechVent": (0.0, 1.0),  # on ventilator
+    "Na": (90.0, 200.0),  # mEq/L
+    "NIDiasABP": (0.0, 250.0),  # mmHg
+    "NIMAP": (0.0, 300.0),  # mmHg
+    "NISysABP": (0.0, 300.0),  # mmHg
+    "PaCO2": (5.0, 150.0),  # mmHg
+    "PaO2": (0.0, 700.0),  # mmHg
+    "pH": (6.5, 8.0),
+    "Platelets": (0.0, 2000.0),  # 10^3/uL
+    "RespRate": (0.0, 100.0),  # breaths/min
+    "SaO2": (0.0, 100.0),  # %
+    "SysABP": (0.0, 300.0),  # mmHg, invasive
+    "Temp": (20.0, 45.0),  # degrees C
+    "TroponinI": (0.0, 100.0),  # ug/L
+    "TroponinT": (0.0, 50.0),  # ug/L
+    "Urine": (0.0, 15000.0),  # mL per charting interval
+    "WBC": (0.0, 500.0),  # 10^3/uL
+    "Weight": (20.0, 300.0),  # kg, also the descriptor's range
+    "Age": (15.0, 100.0),  # years (the challenge admitted adults, 15 and over)
+    "Height": (100.0, 230.0),  # cm
+}
+_CATEGORIES = {"Gender": (0.0, 1.0), "ICUType": (1.0, 2.0, 3.0, 4.0)}
+_VARIABLE_INDEX = {name: i for i, name in enumerate(VARIABLES)}
+_DESCRIPTOR_INDEX = {name: i for i, name in enumerate(DESCRIPTORS)}
+_LOW = np.array([PHYSIOLOGICAL_RANGES[v][0] for v in VARIABLES], np.float32)
+_HIGH = np.array([PHYSIOLOGICAL_RANGES[v][1] for v in VARIABLES], np.float32)
+_CLOCK = re.compile(r"(\d{1,3}):([0-5]\d)")
+_RECORD_FILE = re.compile(r"(\d+)\.txt")
+_TIME_TOLERANCE = 1e-5  # hours (0.04 s): undoes float32 rounding of HH:MM times when binning
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One ICU stay: irregular observations sorted by time, and the general descriptors.
+
+    `times` float32 [K] hours since admission, `variables` int32 [K] indices into VARIABLES,
+    `values` float32 [K] clipped to PHYSIOLOGICAL_RANGES (unknown -1 values dropped),
+    `descriptors` float32 [5] in DESCRIPTORS order, NaN where unknown.
+    """
+
+    record_id: int
+    times: np.ndarray
+    variables: np.ndarray
+    values: np.ndarray
+    descriptors: np.ndarray
+
+
+def read_set(directory: str, set_name: str) -> tuple[list[Record], np.ndarray, dict]:
+    """Reads challenge set `set_name` ('a', 'b' or 'c') from the folder `directory`.
+
+    Returns (records sorted by id, labels int32 [N] in-hospital death, stats). Records without an
+    outcome row and record files without data are left out. `stats` holds counts: record_files,
+    empty_records, records, deaths, observations, records_without_outcome (+ _ids),
+    outcomes_without_record (+ _ids), empty_parameter_lines, unknown_values_dropped (-1),
+    placeholders_dropped (per variable), unknown_descriptors (records with NaN, per descriptor),
+    repeated_descriptors, values_clipped (+ clipped_per_variable), unknown_parameters (per name).
+    """
+    if set_name not in SET_NAMES:
+        raise ConfigError(f"unknown PhysioNet 2012 set {set_name!r}; valid: {', '.join(SET_NAMES)}")
+    outcomes = _read_outcomes(directory, set_name)
+    counts = collections.Counter()
+    unknown_names, clipped, placeholders = (collections.Counter() for _ in range(3))
+    parsed, seen = {}, set()
+    for display, record_id, text in _record_texts(directory, set_name):
+        if record_id in seen:
+            raise ConfigError(
+                f"record {record_id} appears twice in set-{set_name} ({display}); keep one copy"
+            )
+        seen.add(record_id)
+        record = _parse_record(
+            text, display, record_id, counts, unknown_names, clipped, placeholders
+        )
+        if record is None:
+            counts["empty_records"] += 1
+        else:
+            parsed[record_id] = record
+    if not seen:
+        raise ConfigError(
+            f"the PhysioNet 2012 set-{set_name} in {directory!r} holds no record files named "
+            f"<RecordID>.txt (e.g. set-{set_name}/132539.txt); extract or download "
+            f"set-{set_name}.tar.gz again from {URL}"
+        )
+    no_outcome = sorted(set(parsed) - set(outcomes))
+    no_record = sorted(set(outcomes) - set(parsed))
+    ids = sorted(set(parsed) & set(outcomes))
+    records = [parsed[i] for i in ids]
+    labels = np.array([outcomes[i] for i in ids], np.int32)
+    stats = {
+        "record_files": len(seen),
+        "empty_records": counts["empty_records"],
+        "records": len(records),
+        "deaths": int(labels.sum()),
+        "observations": int(sum(len(r.times) for r in records)),
+        "records_without_outcome": len(no_outcome),
+        "records_without_outcome_ids": no_outcome,
+        "outcomes_without_record": len(no_record),
+        "outcomes_without_record_ids": no_record,
+        "empty_parameter_lines": counts["empty_parameter_lines"],
+        "unknown_values_dropped": counts["unknown_values_dropped"],
+        "placeholders_dropped": dict(sorted(placeholders.items())),
+        "unknown_descriptors": {
+            name: sum(int(np.isnan(r.descriptors[i])) for r in records)
+            for i, name in enumerate(DESCRIPTORS)
+        },
+        "repeated_descriptors": counts["repeated_descriptors"],
+        "values_clipped": sum(clipped.values()),
+        "clipped_per_variable": dict(sorted(clipped.items())),
+        "unknown_parameters": dict(sorted(unknown_names.items())),
+    }
+    _log_stats(set_name, stats)
+    return records, labels, stats
+
+
+def _log_stats(set_name: str, stats: dict) -> None:
+    def few(ids):
+        return ", ".join(map(str, ids[:5])) + (", ..." if len(ids) > 5 else "")
+
+    logging.info(
+        "PhysioNet 2012 set %s: %d records (%d deaths), %d observations from %d record files; "
+        "%d unknown (-1) values dropped; records with unknown descriptors: %s",
+        set_name, stats["records"], stats["deaths"], stats["observations"],
+        stats["record_files"], stats["unknown_values_dropped"], stats["unknown_descriptors"],
+    )  # fmt: skip
+    if stats["records_without_outcome"]:
+        logging.warning(
+            "set %s: %d records have no row in Outcomes-%s.txt and are left out: %s",
+            set_name, stats["records_without_outcome"], set_name,
+            few(stats["records_without_outcome_ids"]),
+        )  # fmt: skip
+    if stats["outcomes_without_record"]:
+        logging.warning(
+            "set %s: %d outcome rows have no record with data (%d record files hold no data): %s",
+            set_name, stats["outcomes_without_record"], stats["empty_records"],
+            few(stats["outcomes_without_record_ids"]),
+        )  # fmt: skip
+    for name, count in stats["unknown_descriptors"].items():
+        if count and count == stats["records"]:
+            logging.warning("set %s: no record gives the descriptor %s", set_name, name)
+    for key, what in [
+        ("empty_parameter_lines", "lines with an empty Parameter skipped"),
+        ("repeated_descriptors", "repeated descriptor lines ignored (the first value is kept)"),
+        ("unknown_parameters", "lines with unknown parameter names skipped"),
+        ("placeholders_dropped", "placeholder values (<0, or 0 where impossible) dropped"),
+        ("clipped_per_variable", "values clipped to PHYSIOLOGICAL_RANGES"),
+    ]:
+        if stats[key]:
+            detail = stats[key]
+            if isinstance(detail, dict):
+                logging.warning("set %s: %d %s: %s", set_name, sum(detail.values()), what, detail)
+            else:
+                logging.warning("set %s: %d %s", set_name, detail, what)
+
+
+def _read_outcomes(directory: str, set_name: str) -> dict[int, int]:
+    if not os.path.isdir(directory):
+        raise ConfigError(
+            f"PhysioNet 2012 data folder (data.dir) {directory!r} does not exist; expected a "
+            f"folder with set-{set_name}.tar.gz (or set-{set_name}/) and Outcomes-{set_name}.txt "
+            f"as downloaded from {URL}; set --config.data.dir to it"
+        )
+    path = os.path.join(directory, f"Outcomes-{set_name}.txt")
+    if not os.path.isfile(path):
+        raise ConfigError(
+            f"outcome file Outcomes-{set_name}.txt is missing: expected it at {path!r}, next to "
+            f"set-{set_name}; download it from {URL} into {directory!r}"
+        )
+    with open(path, "rb") as f:
+        lines = _decode(f.read(), path).splitlines()
+    header = [c.strip() for c in lines[0].split(",")] if lines else []
+    if "RecordID" not in header or LABEL_COLUMN not in header:
+        raise ConfigError(
+            f"{path} line 1: {lines[0] if lines else ''!r} lacks the RecordID or {LABEL_COLUMN} "
+            f"column; expected RecordID,SAPS-I,SOFA,Length_of_stay,Survival,{LABEL_COLUMN}; use "
+            f"the outcome file from {URL}"
+        )
+    id_col, label_col = header.index("RecordID"), header.index(LABEL_COLUMN)
+    outcomes = {}
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = [c.strip() for c in line.split(",")]
+        valid = len(fields) == len(header) and fields[id_col].isdigit()
+        if not valid or fields[label_col] not in ("0", "1"):
+            raise ConfigError(
+                f"{path} line {number}: {line!r} is not {','.join(header)} with an integer "
+                f"RecordID and {LABEL_COLUMN} 0 or 1; fix or re-download the file from {URL}"
+            )
+        record_id = int(fields[id_col])
+        if record_id in outcomes:
+            raise ConfigError(f"{path} line {number}: RecordID {record_id} appears twice")
+        outcomes[record_id] = int(fields[label_col])
+    return outcomes
+
+
+def _record_texts(directory: str, set_name: str):
+    """Yields (display name, record id, text) for each `<RecordID>.txt` of the set."""
+    folder = os.path.join(directory, f"set-{set_name}")
+    tarball = folder + ".tar.gz"
+    if os.path.isdir(folder):
+        if os.path.isfile(tarball):
+            logging.info("reading the folder %s (the tarball next to it is ignored)", folder)
+        for name in sorted(os.listdir(folder)):
+            match = _RECORD_FILE.fullmatch(name)
+            if match and os.path.isfile(os.path.join(folder, name)):
+                with open(os.path.join(folder, name), "rb") as f:
+                    display = f"set-{set_name}/{name}"
+                    yield display, int(match.group(1)), _decode(f.read(), display)
+    elif os.path.isfile(tarball):
+        try:
+            with tarfile.open(tarball, "r:*") as tar:
+                for member in tar:
+                    match = _RECORD_FILE.fullmatch(os.path.basename(member.name))
+                    if match and member.isfile():
+                        data = tar.extractfile(member).read()
+                        yield member.name, int(match.group(1)), _decode(data, member.name)
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise ConfigError(
+                f"{tarball} is not a readable .tar.gz ({e}); download it again from {URL}"
+            ) from e
+    else:
+        present = sorted(os.listdir(directory))
+        raise ConfigError(
+            f"found neither set-{set_name}.tar.gz nor a set-{set_name}/ folder in {directory!r}, "
+            f"which holds: {', '.join(present[:20]) or 'nothing'}"
+            f"{', ...' if len(present) > 20 else ''}; put set-{set_name}.tar.gz (or its "
+            f"extracted set-{set_name}/ folder) from {URL} there"
+        )
+
+
+def _decode(data: bytes, display: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{display} is not a text file ({e}); re-download it from {URL}") from e
+
+
+def _parse_record(
+    text, display, record_id, counts, unknown_names, clipped, placeholders
+) -> Record | None:
+    """Parses one record file; None when it holds no data (nothing, a header only, or no
+    observation and no known descriptor)."""
+    lines = text.splitlines()
+    if not "".join(lines).strip():
+        return None
+    if lines[0].strip() != HEADER:
+        raise ConfigError(
+            f'{display} line 1: "{lines[0]}" is not the header "{HEADER}"; '
+            f"the file is damaged: re-download the set from {URL}"
+        )
+    descriptors = np.full(len(DESCRIPTORS), np.nan, np.float32)
+    described = [False] * len(DESCRIPTORS)
+    times, variables, values = [], [], []
+    hours = {}  # "HH:MM" -> hours, parsed once per distinct clock string
+    for number, line in enumerate(lines[1:], start=2):
+        fields = line.strip().split(",")
+        if fields == [""]:
+            continue
+        if len(fields) == 3 and not fields[1].strip():
+            counts["empty_parameter_lines"] += 1
+            continue
+        try:
+            clock, name, raw = fields
+            name, value = name.strip(), float(raw)
+            if not math.isfinite(value):
+                raise ValueError
+            if clock not in hours:
+                h, m = _CLOCK.fullmatch(clock.strip()).groups()
+                hours[clock] = int(h) + int(m) / 60
+        except (ValueError, AttributeError):
+            raise ConfigError(
+                f'{display} line {number}: "{line}" is not HH:MM,Parameter,Value (a number); '
+                f"fix the line or re-download the set from {URL}"
+            ) from None
+        time = hours[clock]
+        descriptor = _DESCRIPTOR_INDEX.get(name)
+        if name == "Weight" and (time > 0 or described[descriptor]):
+            descriptor = None  # the time-varying Weight
+        if descriptor is not None:
+            if described[descriptor]:
+                counts["repeated_descriptors"] += 1
+                continue
+            described[descriptor] = True
+            if value == -1 or (name in _CATEGORIES and value not in _CATEGORIES[name]):
+                pass  # unknown: stays NaN
+            elif name in PHYSIOLOGICAL_RANGES and value <= 0:
+                placeholders[name] += 1
+            elif name in PHYSIOLOGICAL_RANGES:
+                low, high = PHYSIOLOGICAL_RANGES[name]
+                if not low <= value <= high:
+                    clipped[name] += 1
+                descriptors[descriptor] = min(max(value, low), high)
+            else:
+                descriptors[descriptor] = value
+        elif name in _VARIABLE_INDEX:
+            if value == -1:
+                counts["unknown_values_dropped"] += 1
+                continue
+            times.append(time)
+            variables.append(_VARIABLE_INDEX[name])
+            values.append(value)
+        elif name == "RecordID":
+            if value != record_id:
+                raise ConfigError(
+                    f"{display} line {number}: RecordID {raw} differs from the file name; "
+                    f"name record files <RecordID>.txt as distributed"
+                )
+        else:
+            unknown_names[name] += 1
+    order = np.argsort(np.asarray(times, np.float32), kind="stable")
+    times = np.asarray(times, np.float32)[order]
+    variables = np.asarray(variables, np.int32)[order]
+    values = np.asarray(values, np.float32)[order]
+    placeholder = (values < 0) | ((values == 0) & (_LOW[variables] > 0))
+    for v, n in zip(*np.unique(variables[placeholder], return_counts=True)):
+        placeholders[VARIABLES[v]] += int(n)
+    times, variables, values = times[~placeholder], variables[~placeholder], values[~placeholder]
+    outside = (values < _LOW[variables]) | (values > _HIGH[variables])
+    for v, n in zip(*np.unique(variables[outside], return_counts=True)):
+        clipped[VARIABLES[v]] += int(n)
+    values = np.clip(values, _LOW[variables], _HIGH[variables])
+    if not len(times) and np.isnan(descriptors).all():
+        return None
+    return Record(record_id, times, variables, values, descriptors)
+
+
+def to_grid(records, *, hours: float = 48.0, step_hours: float = 1.0) -> dict[str, np.ndarray]:
+    """Bins records onto T = hours / step_hours regular steps for RNNs (GRU, LSTM, GRU-D).
+
+    Bin t covers [t * step, (t + 1) * step) hours; observations at `hours` or later are dropped
+    (set A has some at exactly 48:00, which a 48 h grid leaves out). Returns:
+      values float32 [N, T, V]: the mean of the observations in the bin (the mean uses every
+        measurement of an hour rather than the last one's noise); 0 where nothing was observed.
+      mask float32 [N, T, V]: 1 where the variable was observed in the bin.
+      delta float32 [N, T, V]: hours since the variable was last observed, as in GRU-D (Che et
+        al. 2018): delta_0 = 0; delta_t = step + delta_{t-1} if mask_{t-1} = 0, else step.
+      lengths int32 [N]: steps up to and including the last bin with any observation, >= 1.
+      descriptors float32 [N, 5] (NaN unknown), record_ids int64 [N].
+    """
+    num_steps = round(hours / step_hours) if hours > 0 and step_hours > 0 else 0
+    if num_steps < 1 or abs(num_steps * step_hours - hours) > 1e-6 * hours:
+        raise ConfigError(
+            f"to_grid(hours={hours}, step_hours={step_hours}): hours must be a positive whole "
+            f"multiple of step_hours (e.g. hours=48, step_hours=1)"
+        )
+    n, t, v = len(records), num_steps, len(VARIABLES)
+    sizes = np.array([len(r.times) for r in records], np.int64)
+    owner = np.repeat(np.arange(n), sizes)
+    times = np.concatenate([r.times for r in records] + [np.zeros(0, np.float32)])
+    variables = np.concatenate([r.variables for r in records] + [np.zeros(0, np.int32)])
+    values = np.concatenate([r.values for r in records] + [np.zeros(0, np.float32)])
+    bins = np.floor((times.astype(np.float64) + _TIME_TOLERANCE) / step_hours).astype(np.int64)
+    keep = (bins >= 0) & (bins < t)
+    flat = ((owner * t + bins) * v + variables)[keep]
+    counts = np.bincount(flat, minlength=n * t * v).reshape(n, t, v)
+    sums = np.bincount(flat, weights=values[keep], minlength=n * t * v).reshape(n, t, v)
+    mask = counts > 0
+    means = np.divide(sums, counts, out=np.zeros_like(sums), where=mask)
+    delta = np.zeros((n, t, v), np.float32)
+    for step in range(1, t):
+        delta[:, step] = step_hours + np.where(mask[:, step - 1], 0.0, delta[:, step - 1])
+    observed = mask.any(axis=2)
+    last = t - np.argmax(observed[:, ::-1], axis=1)
+    descriptors = (
+        np.stack([r.descriptors for r in records]) if n else np.zeros((0, len(DESCRIPTORS)))
+    )
+    return {
+        "values": means.astype(np.float32),
+        "mask": mask.astype(np.float32),
+        "delta": delta,
+        "lengths": np.where(observed.any(axis=1), last, 1).astype(np.int32),
+        "descriptors": descriptors.astype(np.float32),
+        "record_ids": np.array([r.record_id for r in records], np.int64),
+    }
+
+
+def fit_normalizer(values, mask) -> tuple[np.ndarray, np.ndarray]:
+    """Per-variable mean and std [V] over the observed entries (mask == 1) of `values` [..., V].
+
+    Fit it on the training split only. The std is the population std (ddof 0). A variable never
+    observed gets mean 0, std 1; one whose std is below 1e-6 (constant, e.g. MechVent, always 1)
+    gets std 1, so it is only centred: a 1e-6 floor would blow any later deviation up a millionfold.
+    """
+    values = np.asarray(values, np.float64).reshape(-1, np.shape(values)[-1])
+    mask = np.asarray(mask, np.float64).reshape(values.shape)
+    if not np.isin(mask, (0, 1)).all():
+        raise ValueError("fit_normalizer: mask must hold only 0 and 1")
+    counts = mask.sum(axis=0)
+    observed = np.where(mask > 0, values, 0.0)
+    mean = observed.sum(axis=0) / np.maximum(counts, 1)
+    var = (mask * (observed - mean) ** 2).sum(axis=0) / np.maximum(counts, 1)
+    std = np.sqrt(var)
+    std = np.where((counts > 0) & (std >= 1e-6), std, 1.0)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+class Physionet2012(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """TFDS builder over `read_set`: config `a`, `b` or `c` gives one split of that name."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    # TFDS 4.9.10 finds a builder's code_path through the `importlib_resources` backport, which
+    # etils >= 1.15 no longer installs (ModuleNotFoundError in download_and_prepare); the path of
+    # this file is all TFDS needs it for (to look for a checksums.tsv beside it: there is none).
+    code_path = pathlib.Path(__file__)
+    BUILDER_CONFIGS = [
+        tfds.core.BuilderConfig(name=s, description=f"PhysioNet 2012 set {s.upper()}")
+        for s in SET_NAMES
+    ]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
+    Download the PhysioNet/CinC Challenge 2012 files from {URL} (open access, no login):
+    set-a.tar.gz and Outcomes-a.txt (likewise set-b/-c and Outcomes-b/-c), and put them, as
+    downloaded, in one folder (the manual dir, `--config.data.dir`). The extracted folder set-a/
+    may stand in for set-a.tar.gz.
+    """
+
+    def _info(self):
+        return self.dataset_info_from_configs(
+            description="ICU stays of the first 48 h with in-hospital death; irregular series.",
+            features=tfds.features.FeaturesDict(
+                {
+                    "record_id": np.int64,
+                    "times": tfds.features.Tensor(shape=(None,), dtype=np.float32),
+                    "variables": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+                    "values": tfds.features.Tensor(shape=(None,), dtype=np.float32),
+                    "descriptors": tfds.features.Tensor(
+                        shape=(len(DESCRIPTORS),), dtype=np.float32
+                    ),
+                    "label": tfds.features.ClassLabel(names=["survived", "died"]),
+                }
+            ),
+            homepage=URL,
+            citation="Silva et al., Predicting In-Hospital Mortality of ICU Patients: The "
+            "PhysioNet/Computing in Cardiology Challenge 2012. CinC 2012;39:245-248.",
+        )
+
+    def _split_generators(self, dl_manager):
+        set_name = self.builder_config.name
+        return {set_name: self._generate_examples(str(dl_manager.manual_dir), set_name)}
+
+    def _generate_examples(self, directory, set_name):
+        records, labels, _ = read_set(directory, set_name)
+        for record, label in zip(records, labels):
+            example = dataclasses.asdict(record)
+            yield record.record_id, {**example, "label": int(label)}
+
+
+def load_set_tfds(
+    directory: str, set_name: str, data_dir: str | None = None
+) -> tuple[list[Record], np.ndarray]:
+    """Builds (once; later calls reuse the cache) and reads set `set_name` through TFDS.
+
+    The cache goes to `data_dir`; by default `directory`/tfds when `directory` is writable, else
+    ~/tensorflow_datasets. The cache is keyed by set and builder version only: delete it after
+    changing the files in `directory`. Returns (records sorted by id, labels int32 [N]).
+    """
+    if set_name not in SET_NAMES:
+        raise ConfigError(f"unknown PhysioNet 2012 set {set_name!r}; valid: {', '.join(SET_NAMES)}")
+    _read_outcomes(directory, set_name)  # checks the folder up front, with a plain message
+    if data_dir is None:
+        writable = os.access(directory, os.W_OK)
+        data_dir = os.path.join(directory, "tfds") if writable else None  # None: TFDS default
+    builder = Physionet2012(config=set_name, data_dir=data_dir)
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=directory, try_download_gcs=False)
+    )
+    examples = sorted(
+        tfds.as_numpy(builder.as_dataset(split=set_name)), key=lambda e: int(e["record_id"])
+    )
+    records = [
+        Record(
+            int(e["record_id"]),
+            e["times"].astype(np.float32),
+            e["variables"].astype(np.int32),
+            e["values"].astype(np.float32),
+            e["descriptors"].astype(np.float32),
+        )
+        for e in examples
+    ]
+    return records, np.array([e["label"] for e in examples], np.int32)

@@ -1,0 +1,109 @@
+"""The ICU time-series task: data preparation, loss masking, end to end."""
+
+import csv
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import ehr_rnn
+from medjax import train
+from medjax.data import ehr, physionet2012
+from medjax.errors import ConfigError
+from medjax.tasks import build_task
+from tests.conftest import shrink
+
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+def tiny_ehr_config():
+    config = shrink(ehr_rnn.get_config())
+    config.data.num_train, config.data.num_val, config.data.num_test = 96, 40, 48
+    config.model.hidden_size = 16
+    return config
+
+
+def test_normalisation_is_fitted_on_training_stays_only():
+    data = ehr.load(tiny_ehr_config().data)
+    train_split, test_split = data.splits["train"], data.splits["test"]
+    observed = train_split["mask"] > 0
+    seen = observed.sum((0, 1)) > 1  # the synthetic cohort measures 14 of the 37 variables
+    values = np.where(observed, train_split["values"], np.nan)[..., seen]
+    # Exactly standardised on the training split, and not on the test split: statistics fitted
+    # on all splits would leave the training mean off zero.
+    np.testing.assert_allclose(np.nanmean(values, (0, 1)), 0, atol=1e-4)
+    np.testing.assert_allclose(np.nanstd(values, (0, 1)), 1, atol=1e-3)
+    test_values = np.where(test_split["mask"] > 0, test_split["values"], np.nan)[..., seen]
+    assert np.abs(np.nanmean(test_values, (0, 1))).max() > 1e-3
+    assert np.all(train_split["values"][~observed] == 0)  # zero imputation
+
+
+def test_forward_fill_closed_form():
+    values = np.array([[[0.0], [2.0], [0.0], [0.0], [5.0], [0.0]]], np.float32)
+    mask = np.array([[[0], [1], [0], [0], [1], [0]]], np.float32)
+    filled = ehr._forward_fill(values, mask)
+    np.testing.assert_array_equal(filled[0, :, 0], [0, 2, 2, 2, 5, 5])
+
+
+def test_stratified_split_is_disjoint_and_keeps_the_death_rate():
+    labels = np.array([1] * 100 + [0] * 900)
+    test, val, rest = ehr._stratified_split(labels, (0.2, 0.15), np.random.default_rng(0))
+    assert len(test) == 200 and len(val) == 150 and len(rest) == 650
+    assert not set(test) & set(val) and not (set(test) | set(val)) & set(rest)
+    assert sorted(np.concatenate([test, val, rest])) == list(range(1000))
+    for part in (test, val, rest):
+        assert labels[part].mean() == pytest.approx(0.1)
+
+
+def test_per_step_loss_ignores_padded_steps():
+    config = tiny_ehr_config()
+    config.loss.per_step_weight = 0.5
+    task = build_task(config)
+    rng = np.random.default_rng(0)
+    batch = {"label": np.array([1, 0]), "lengths": np.array([3, 6])}
+    logits, steps = jnp.asarray(rng.normal(size=(2, 1))), jnp.asarray(rng.normal(size=(2, 6, 1)))
+
+    def loss(step_logits):
+        return task.loss_fn({"logits": logits, "step_logits": step_logits}, batch)
+
+    grads = jax.grad(loss)(steps)
+    np.testing.assert_array_equal(grads[0, 3:], 0)  # padded steps of the first stay
+    assert np.all(grads[0, :3] != 0) and np.all(grads[1] != 0)
+    garbage = steps.at[0, 3:].set(1e3)
+    assert loss(garbage) == loss(steps)
+
+
+def test_bad_ehr_config():
+    config = tiny_ehr_config()
+    config.data.imputation = "median"
+    with pytest.raises(ConfigError, match="unknown data.imputation 'median'"):
+        build_task(config)
+    config = tiny_ehr_config()
+    config.data.name = "physionet2012"
+    with pytest.raises(ConfigError, match="needs --config.data.dir"):
+        build_task(config)
+
+
+def test_ehr_rnn_end_to_end(tmp_path):
+    metrics = train.train_and_evaluate(tiny_ehr_config(), str(tmp_path))
+    assert 0 <= metrics["auroc"] <= 1 and 0 <= metrics["min_se_ppv"] <= 1
+    with open(tmp_path / "predictions" / "test.csv") as f:
+        assert len(list(csv.DictReader(f))) == 48
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason="../shared/data is absent")
+def test_physionet_set_a_split():
+    config = ehr_rnn.get_config()
+    config.data.name = "physionet2012"
+    config.data.dir = os.path.join(SHARED_DATA, "physionet2012")
+    data = ehr.load(config.data)
+    sizes = {k: len(v["labels"]) for k, v in data.splits.items()}
+    assert sum(sizes.values()) == 3996
+    assert sizes["test"] == pytest.approx(0.2 * 3996, abs=2)
+    ids = [set(v["ids"]) for v in data.splits.values()]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    for split in data.splits.values():
+        assert split["labels"].mean() == pytest.approx(554 / 3996, abs=0.01)
+        assert split["values"].shape[1:] == (48, len(physionet2012.VARIABLES))
