@@ -1,5 +1,6 @@
 """Shared test helpers: tiny configs that run end to end in seconds."""
 
+import importlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -23,11 +24,18 @@ def shrink(config, *, image_shape=(32, 32), steps=6):
     trainer.checkpoint_every_steps = 3
     config.optimizer.warmup_steps = 1
     config.model.width = 0.125
+    config.model.hidden_size = 16
     return config
 
 
 @pytest.fixture
-def tiny_config():
-    from configs import ct_cnn
+def tiny():
+    """tiny(name, **shrink_options): a fresh tiny copy of configs/<name>.py."""
+    return lambda name, **options: shrink(
+        importlib.import_module(f"configs.{name}").get_config(), **options
+    )
 
-    return shrink(ct_cnn.get_config())
+
+@pytest.fixture
+def tiny_config(tiny):
+    return tiny("ct_cnn")

@@ -13,20 +13,12 @@ from medjax import train
 from medjax.data import ehr, physionet2012
 from medjax.errors import ConfigError
 from medjax.tasks import build_task
-from tests.conftest import shrink
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 
-def tiny_ehr_config():
-    config = shrink(ehr_rnn.get_config())
-    config.data.num_train, config.data.num_val, config.data.num_test = 96, 40, 48
-    config.model.hidden_size = 16
-    return config
-
-
-def test_normalisation_is_fitted_on_training_stays_only():
-    data = ehr.load(tiny_ehr_config().data)
+def test_normalisation_is_fitted_on_training_stays_only(tiny):
+    data = ehr.load(tiny("ehr_rnn").data)
     train_split, test_split = data.splits["train"], data.splits["test"]
     observed = train_split["mask"] > 0
     seen = observed.sum((0, 1)) > 1  # the synthetic cohort measures 14 of the 37 variables
@@ -57,8 +49,8 @@ def test_stratified_split_is_disjoint_and_keeps_the_death_rate():
         assert labels[part].mean() == pytest.approx(0.1)
 
 
-def test_per_step_loss_ignores_padded_steps():
-    config = tiny_ehr_config()
+def test_per_step_loss_ignores_padded_steps(tiny):
+    config = tiny("ehr_rnn")
     config.loss.per_step_weight = 0.5
     task = build_task(config)
     rng = np.random.default_rng(0)
@@ -75,19 +67,19 @@ def test_per_step_loss_ignores_padded_steps():
     assert loss(garbage) == loss(steps)
 
 
-def test_bad_ehr_config():
-    config = tiny_ehr_config()
+def test_bad_ehr_config(tiny):
+    config = tiny("ehr_rnn")
     config.data.imputation = "median"
     with pytest.raises(ConfigError, match="unknown data.imputation 'median'"):
         build_task(config)
-    config = tiny_ehr_config()
+    config = tiny("ehr_rnn")
     config.data.name = "physionet2012"
     with pytest.raises(ConfigError, match="needs --config.data.dir"):
         build_task(config)
 
 
-def test_ehr_rnn_end_to_end(tmp_path):
-    metrics = train.train_and_evaluate(tiny_ehr_config(), str(tmp_path))
+def test_ehr_rnn_end_to_end(tiny, tmp_path):
+    metrics = train.train_and_evaluate(tiny("ehr_rnn"), str(tmp_path))
     assert 0 <= metrics["auroc"] <= 1 and 0 <= metrics["min_se_ppv"] <= 1
     with open(tmp_path / "predictions" / "test.csv") as f:
         assert len(list(csv.DictReader(f))) == 48

@@ -9,10 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import ct_cnn3d
 from medjax import checkpoint, optim, parallel, train
 from medjax.tasks import build_task
-from tests.conftest import shrink
 
 
 def _lines(workdir):
@@ -58,8 +56,8 @@ def test_ct_cnn_end_to_end_writes_the_workdir_contract(tiny_config, tmp_path):
     assert f"{test_metrics['auroc']:.4f}" in report and "plots/roc.png" in report
 
 
-def test_ct_cnn3d_end_to_end(tmp_path):
-    config = shrink(ct_cnn3d.get_config(), image_shape=(16, 16, 16), steps=3)
+def test_ct_cnn3d_end_to_end(tiny, tmp_path):
+    config = tiny("ct_cnn3d", image_shape=(16, 16, 16), steps=3)
     metrics = train.train_and_evaluate(config, str(tmp_path))
     assert 0 <= metrics["auroc"] <= 1 and np.isfinite(metrics["loss"])
     assert [line["split"] for line in _lines(tmp_path)][-1] == "test"

@@ -3,7 +3,8 @@
 Sources: `synthetic_icu` (the embedded default) and `physionet2012` (the challenge files). Every
 split holds `values`, `mask`, `delta` [N, T, V], `lengths` [N], `static` [N, S], `labels` [N]
 and `ids` [N]. Normalisation (per variable, over observed entries) and the static features'
-statistics are fitted on the training split only and then applied to every split.
+statistics are fitted on the training split only and then applied to every split; the
+variables in LOG_SCALE are standardised on a log scale.
 
 Imputation (`data.imputation`), in normalised units:
   zero: 0 where missing, which after normalisation is the training mean; the models also read
@@ -22,6 +23,11 @@ from medjax.data import physionet2012, synthetic_icu
 from medjax.errors import ConfigError
 
 IMPUTATIONS = ("zero", "forward_fill")
+# Heavy-tailed labs and urine output are standardised on a log scale (log1p; all are >= 0), so
+# that a few extreme values (ALT of 10^4 IU/L) do not dominate their variable's statistics.
+LOG_SCALE = ("ALP", "ALT", "AST", "Bilirubin", "BUN", "Creatinine", "Glucose", "Lactate",
+             "TroponinI", "TroponinT", "Urine", "WBC")  # fmt: skip
+_LOG_SCALE = np.isin(physionet2012.VARIABLES, LOG_SCALE)
 TEST_SETS = ("a", "b", "c")
 
 
@@ -109,6 +115,7 @@ def _take(records, labels, indices):
 
 def _grid(records, labels, data):
     arrays = physionet2012.to_grid(records, hours=data.hours, step_hours=data.step_hours)
+    arrays["values"] = np.where(_LOG_SCALE, np.log1p(arrays["values"]), arrays["values"])
     arrays["labels"] = np.asarray(labels, np.int32)
     return arrays
 
