@@ -10,7 +10,7 @@ import pytest
 
 from configs import ehr_rnn
 from medjax import train
-from medjax.data import ehr, physionet2012
+from medjax.data import ehr, physionet2012, synthetic_icu
 from medjax.errors import ConfigError
 from medjax.tasks import build_task
 
@@ -99,3 +99,22 @@ def test_physionet_set_a_split():
     for split in data.splits.values():
         assert split["labels"].mean() == pytest.approx(554 / 3996, abs=0.01)
         assert split["values"].shape[1:] == (48, len(physionet2012.VARIABLES))
+
+
+class TestSyntheticICU:
+    def test_deterministic_and_splits_differ(self):
+        a, labels_a = synthetic_icu.generate(30, seed=0, split="train")
+        b, labels_b = synthetic_icu.generate(30, seed=0, split="train")
+        c, _ = synthetic_icu.generate(30, seed=0, split="test")
+        np.testing.assert_array_equal(labels_a, labels_b)
+        for x, y, z in zip(a, b, c):
+            np.testing.assert_array_equal(x.values, y.values)
+            assert not np.array_equal(x.values, z.values)
+            assert np.all(np.diff(x.times) >= 0) and x.times.max() < 48
+
+    def test_deaths_are_measured_more_often(self):
+        # Informative missingness: severity raises both the risk and the measurement rate.
+        records, labels = synthetic_icu.generate(600, seed=0, split="train")
+        counts = np.array([len(r.times) for r in records])
+        assert 0.08 < labels.mean() < 0.3
+        assert counts[labels == 1].mean() > 1.2 * counts[labels == 0].mean()
