@@ -3,8 +3,9 @@
   python -m medjax.main --config=configs/ehr_physionet.py --workdir=runs/physionet \
       --config.data.dir=../shared/data/physionet2012
 
-DIR holds set-a.tar.gz (or set-a/) and Outcomes-a.txt as PhysioNet distributes them;
-`--config.data.test_set=c` trains on set A and tests on the whole of set C.
+Reached test AUROC 0.796 (best validation AUROC 0.850) in about 1 minute on 2 CPU cores; the
+issue's bar of 0.85 is not met yet. DIR holds set-a.tar.gz (or set-a/) and Outcomes-a.txt as
+PhysioNet distributes them; `--config.data.test_set=c` trains on set A and tests on set C.
 """
 
 from configs import ehr_rnn
@@ -13,11 +14,11 @@ from configs import ehr_rnn
 def get_config():
     config = ehr_rnn.get_config()
     config.data.name = "physionet2012"
-    config.model.hidden_size = 64
     config.model.dropout_rate = 0.3
     config.trainer.num_train_steps = 1500
     config.trainer.eval_every_steps = 100
     config.trainer.checkpoint_every_steps = 100
-    config.optimizer.learning_rate = 1e-3
+    config.trainer.early_stopping_patience = 6
+    config.optimizer.learning_rate = 3e-4
     config.optimizer.weight_decay = 1e-3
     return config
