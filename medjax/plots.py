@@ -3,6 +3,7 @@
 from collections.abc import Sequence
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 
@@ -31,3 +32,21 @@ def confusion_matrix(path: str, counts: np.ndarray, class_names: Sequence[str], 
     ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def image_grid(path: str, rows: Sequence[np.ndarray]) -> np.ndarray:
+    """Saves rows of images ([N, H, W, C] or volumes [N, D, H, W, C]: the middle slice) in [0, 1]
+    as a grey grid, and returns the picture as an RGB uint8 array [H, W, 3] for TensorBoard."""
+    rows = [np.asarray(r)[:, r.shape[1] // 2] if r.ndim == 5 else np.asarray(r) for r in rows]
+    num = max(len(r) for r in rows)
+    fig = Figure(figsize=(1.1 * num, 1.1 * len(rows)))
+    canvas = FigureCanvasAgg(fig)
+    for i, row in enumerate(rows):
+        for j, image in enumerate(row):
+            ax = fig.add_subplot(len(rows), num, i * num + j + 1)
+            ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
+            ax.axis("off")
+    fig.tight_layout(pad=0.2)
+    fig.savefig(path, dpi=100)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

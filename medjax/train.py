@@ -62,16 +62,17 @@ def _variables(state: TrainState, params=None) -> dict:
 def train_step(state: TrainState, batch, *, task: Task):
     """One optimiser step on a global batch; returns the new state and health scalars."""
     dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    rngs = {"dropout": dropout_key, "latent": jax.random.fold_in(dropout_key, 1)}
 
     def loss_of(params):
         outputs, updates = task.model.apply(
             _variables(state, params),
             task.model_inputs(batch),
             train=True,
-            rngs={"dropout": dropout_key},
+            rngs=rngs,
             mutable=["batch_stats"],
         )
-        return task.loss_fn(outputs, batch), updates
+        return task.loss_fn(outputs, batch, state.step), updates
 
     (loss, updates), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
@@ -85,7 +86,13 @@ def train_step(state: TrainState, batch, *, task: Task):
 
 @functools.partial(jax.jit, static_argnames="task")
 def eval_step(state: TrainState, batch, *, task: Task):
-    outputs = task.model.apply(_variables(state), task.model_inputs(batch), train=False)
+    # Models that sample in evaluation (a VAE's latents) get randomness fixed by the checkpoint
+    # and the batch's first example, so an evaluation is repeatable.
+    eval_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), -1 % 2**32)
+    latent_key = jax.random.fold_in(eval_key, batch["index"][0])
+    outputs = task.model.apply(
+        _variables(state), task.model_inputs(batch), train=False, rngs={"latent": latent_key}
+    )
     return {**task.eval_outputs_fn(outputs, batch), "valid": batch["valid"]}
 
 
@@ -201,7 +208,9 @@ def _test_and_report(config, task, best_state, last_step, workdir, writer, mesh)
     writer.write_scalars(best_step, {f"test/{k}": v for k, v in test_metrics.items()})
     writer.flush()
     if jax.process_index() == 0:
-        task.write_outputs(workdir, "test", gathered)
+        images = task.write_outputs(workdir, "test", gathered, _variables(best_state))
+        if images:
+            writer.write_images(best_step, images)
         report.write(
             workdir,
             config=config,

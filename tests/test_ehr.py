@@ -58,7 +58,7 @@ def test_per_step_loss_ignores_padded_steps(tiny):
     logits, steps = jnp.asarray(rng.normal(size=(2, 1))), jnp.asarray(rng.normal(size=(2, 6, 1)))
 
     def loss(step_logits):
-        return task.loss_fn({"logits": logits, "step_logits": step_logits}, batch)
+        return task.loss_fn({"logits": logits, "step_logits": step_logits}, batch, 0)
 
     grads = jax.grad(loss)(steps)
     np.testing.assert_array_equal(grads[0, 3:], 0)  # padded steps of the first stay

@@ -40,55 +40,10 @@ def build(config: ml_collections.ConfigDict) -> Task:
             f"loss.class_weights has {len(class_weights)} entries but {dataset.name} has "
             f"{dataset.num_classes} classes; give one weight per class or () for none"
         )
-    data, batch_size = config.data, config.trainer.batch_size
-    process_index, process_count = jax.process_index(), jax.process_count()
+    train_batches, eval_batches = image_pipelines(config, dataset)
 
-    def window(hu):
-        return transforms.window(hu, data.window_center, data.window_width)[..., None]
-
-    def split_tensors(split):
-        arrays = dataset.load_split(split)
-        return arrays, tf.constant(arrays["images"]), tf.constant(arrays["labels"])
-
-    def train_batches(start_step):
-        arrays, images, labels = split_tensors("train")
-        augment = data.augment
-
-        def load(index, seed):
-            hu = tf.gather(images, index)
-            if augment.enabled:
-                hu = transforms.augment(
-                    hu,
-                    seed,
-                    flip_left_right=augment.flip_left_right,
-                    max_rotation_degrees=augment.max_rotation_degrees,
-                    hu_shift=augment.hu_shift,
-                    hu_scale=augment.hu_scale,
-                )
-            return {"image": window(hu), "label": tf.gather(labels, index)}
-
-        return pipeline.train_batches(
-            arrays["labels"],
-            load,
-            global_batch_size=batch_size,
-            seed=config.seed,
-            start_step=start_step,
-            balanced=data.balanced_sampling,
-            process_index=process_index,
-            process_count=process_count,
-        )
-
-    def eval_batches(split):
-        arrays, images, labels = split_tensors(split)
-        return pipeline.eval_batches(
-            len(arrays["labels"]),
-            lambda i: {"image": window(tf.gather(images, i)), "label": tf.gather(labels, i)},
-            global_batch_size=config.trainer.eval_batch_size,
-            process_index=process_index,
-            process_count=process_count,
-        )
-
-    def loss_fn(logits, batch):
+    def loss_fn(logits, batch, step):
+        del step
         return losses.softmax_cross_entropy(
             logits,
             batch["label"],
@@ -100,9 +55,11 @@ def build(config: ml_collections.ConfigDict) -> Task:
     def eval_outputs_fn(logits, batch):
         return {"probs": jax.nn.softmax(logits), "label": batch["label"], "index": batch["index"]}
 
-    def write_outputs(workdir, split, gathered):
+    def write_outputs(workdir, split, gathered, variables):
+        del variables
         ids = dataset.load_split(split)["ids"]
         write_outputs_of(workdir, split, gathered, ids, dataset.class_names, dataset.name)
+        return {}
 
     example_image = np.zeros((1, *dataset.image_shape, 1), np.float32)
     return Task(
@@ -119,6 +76,62 @@ def build(config: ml_collections.ConfigDict) -> Task:
         f"(width {config.model.width}, {config.model.norm} norm)",
         selection_metrics=("auroc", "auprc", "accuracy", "balanced_accuracy", "loss", "ece"),
     )
+
+
+def image_pipelines(config: ml_collections.ConfigDict, dataset, *, normal_only: bool = False):
+    """(train_batches, eval_batches) of windowed images with labels; training is augmented.
+
+    With `normal_only`, training sees only the label-0 examples (evaluation sees every one).
+    """
+    data = config.data
+    process_index, process_count = jax.process_index(), jax.process_count()
+
+    def window(hu):
+        return transforms.window(hu, data.window_center, data.window_width)[..., None]
+
+    def train_batches(start_step):
+        arrays = dataset.load_split("train")
+        keep = arrays["labels"] == 0 if normal_only else slice(None)
+        train_labels = arrays["labels"][keep]
+        images, labels = tf.constant(arrays["images"][keep]), tf.constant(train_labels)
+        augment = data.augment
+
+        def load(index, seed):
+            hu = tf.gather(images, index)
+            if augment.enabled:
+                hu = transforms.augment(
+                    hu,
+                    seed,
+                    flip_left_right=augment.flip_left_right,
+                    max_rotation_degrees=augment.max_rotation_degrees,
+                    hu_shift=augment.hu_shift,
+                    hu_scale=augment.hu_scale,
+                )
+            return {"image": window(hu), "label": tf.gather(labels, index)}
+
+        return pipeline.train_batches(
+            train_labels,
+            load,
+            global_batch_size=config.trainer.batch_size,
+            seed=config.seed,
+            start_step=start_step,
+            balanced=data.balanced_sampling,
+            process_index=process_index,
+            process_count=process_count,
+        )
+
+    def eval_batches(split):
+        arrays = dataset.load_split(split)
+        images, labels = tf.constant(arrays["images"]), tf.constant(arrays["labels"])
+        return pipeline.eval_batches(
+            len(arrays["labels"]),
+            lambda i: {"image": window(tf.gather(images, i)), "label": tf.gather(labels, i)},
+            global_batch_size=config.trainer.eval_batch_size,
+            process_index=process_index,
+            process_count=process_count,
+        )
+
+    return train_batches, eval_batches
 
 
 def compute_metrics(gathered: dict[str, np.ndarray]) -> dict[str, float]:

@@ -69,7 +69,8 @@ def build(config: ml_collections.ConfigDict) -> Task:
             process_count=process_count,
         )
 
-    def loss_fn(outputs, batch):
+    def loss_fn(outputs, batch, step):
+        del step
         labels = batch["label"].astype(jnp.float32)
         weight = (loss_config.positive_weight,)
         loss = losses.sigmoid_cross_entropy(
@@ -101,9 +102,11 @@ def build(config: ml_collections.ConfigDict) -> Task:
         result["min_se_ppv"] = metrics.min_sensitivity_ppv(gathered["label"], scores)
         return result
 
-    def write_outputs(workdir, split, gathered):
+    def write_outputs(workdir, split, gathered, variables):
+        del variables
         ids = dataset.splits[split]["ids"]
         classification.write_outputs_of(workdir, split, gathered, ids, CLASS_NAMES, dataset.name)
+        return {}
 
     example = {k: v[:1] for k, v in dataset.splits["train"].items() if k in INPUTS}
     return Task(

@@ -19,12 +19,13 @@ class Task:
       model: a linen module; `model.apply(variables, model_inputs(batch), train=...)`.
       model_inputs: batch -> what the model reads (an array or a dict of arrays).
       example_batch: a batch of one example, to initialise the model.
-      loss_fn: (model outputs, batch) -> scalar training loss (jnp, jittable).
+      loss_fn: (model outputs, batch, step) -> scalar training loss (jnp, jittable).
       eval_outputs_fn: (model outputs, batch) -> per-example arrays kept for metrics.
       compute_metrics: gathered per-example arrays of a split -> {metric name: float}.
       train_batches: start step -> endless iterator of this process's training batches.
       eval_batches: split name -> iterator over the split once, padded, with `valid`.
-      write_outputs: (workdir, split, gathered arrays) -> writes predictions and plots.
+      write_outputs: (workdir, split, gathered arrays, model variables) -> writes predictions
+        and plots; returns images ({name: [H, W, C] array}) for TensorBoard, or {}.
       description: data and model in a sentence, for the report.
       selection_metrics: metric names fit to select checkpoints and stop early.
     """
@@ -32,11 +33,11 @@ class Task:
     model: nn.Module
     model_inputs: Callable[[Batch], Any]
     example_batch: Batch
-    loss_fn: Callable[[jax.Array, Batch], jax.Array]
+    loss_fn: Callable[[Any, Batch, jax.Array], jax.Array]
     eval_outputs_fn: Callable[[jax.Array, Batch], dict[str, jax.Array]]
     compute_metrics: Callable[[dict[str, np.ndarray]], dict[str, float]]
     train_batches: Callable[[int], Iterator[Batch]]
     eval_batches: Callable[[str], Iterator[Batch]]
-    write_outputs: Callable[[str, str, dict[str, np.ndarray]], None]
+    write_outputs: Callable[[str, str, dict[str, np.ndarray], Any], dict[str, np.ndarray]]
     description: str
     selection_metrics: tuple[str, ...]
