@@ -9,7 +9,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0  # every random choice of training derives from it (init, dropout, order)
-    config.task = "classification"  # medjax.tasks.TASKS: classification or ehr
+    config.task = "classification"  # medjax.tasks.TASKS: classification, ehr or vae
     config.dtype = "float32"  # compute dtype: float32 or bfloat16 (parameters stay float32)
 
     config.trainer = trainer = ml_collections.ConfigDict()
@@ -47,6 +47,10 @@ def get_config() -> ml_collections.ConfigDict:
     model.num_layers = 1  # rnn: stacked layers
     model.bidirectional = False  # rnn: gru and lstm only
     model.pooling = "last"  # rnn: last (valid step), mean or attention
+    model.latent_size = 32  # vae
+    model.vae_widths = (32, 64)  # vae: encoder widths, one stride-2 stage each
+    model.likelihood = "bernoulli"  # vae: bernoulli, gaussian_fixed or gaussian_learned
+    model.eval_samples = 16  # vae: importance samples for iw_nll in evaluation
 
     config.loss = loss = ml_collections.ConfigDict()
     loss.label_smoothing = 0.0
@@ -54,6 +58,8 @@ def get_config() -> ml_collections.ConfigDict:
     loss.class_weights = ()  # classification: one per class, or () for none
     loss.positive_weight = 1.0  # ehr: weight of the positive term of the sigmoid loss
     loss.per_step_weight = 0.0  # ehr: weight of an extra loss on every valid step's prediction
+    loss.beta = 1.0  # vae: weight of the KL term
+    loss.kl_warmup_steps = 0  # vae: the KL weight rises linearly from 0 over these steps
 
     config.data = data = ml_collections.ConfigDict()
     data.name = "synthetic_ct"  # medjax.data.IMAGE_DATASETS; ehr: synthetic_ehr, physionet2012
@@ -66,6 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Images.
     data.image_shape = (64, 64)  # synthetic data: (H, W) slices or (D, H, W) volumes
     data.positive_fraction = 0.3  # synthetic data: share with a suspicious nodule
+    data.normal_only = True  # vae: train on label-0 examples only (label 1 = anomaly)
     data.window_center = -600.0  # HU window (lung), mapped to [-1, 1]
     data.window_width = 1500.0
     data.augment = augment = ml_collections.ConfigDict()

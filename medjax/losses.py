@@ -1,4 +1,4 @@
-"""Classification losses: pure functions of arrays that return a scalar.
+"""Losses as pure functions of arrays: classification (scalars) and VAE terms (per example).
 
 Both losses reduce alike. With per-example loss ``l_i``, example weight ``w_i`` (1 without class
 weights) and mask ``m_i`` in {0, 1} (1 without a mask)::
@@ -197,3 +197,158 @@ def _masked_mean(per_example, weights, mask):
     mask = jnp.asarray(mask).astype(bool)
     total = jnp.sum(jnp.where(mask, per_example, 0.0))
     return total / jnp.maximum(jnp.sum(mask, dtype=per_example.dtype), 1.0)
+
+
+# Variational autoencoders: per-example terms [B] (log-likelihoods summed over all non-batch
+# axes), in float32 at least, for the trainer to average; Kingma & Welling (2014), Burda et al.
+# (2016). For K samples with a leading axis, map over it: jax.vmap(fn, in_axes=(0, None)).
+
+_LOG_2PI = 1.8378770664093453  # log(2 pi)
+
+
+def gaussian_kl(mean, log_var):
+    """KL(N(mean, diag(exp(log_var))) || N(0, I)), analytic, summed over the last axis.
+
+    Args:
+      mean, log_var: [B, L] (any leading axes [..., L]), the same shape.
+
+    Returns:
+      [B]: 0.5 * sum_l (exp(log_var) - 1 - log_var + mean^2), >= 0; exactly 0 at (0, 0).
+    """
+    mean, log_var = _as_float(mean), _as_float(log_var)
+    _check_same("gaussian_kl", mean=mean, log_var=log_var)
+    return 0.5 * jnp.sum(jnp.expm1(log_var) - log_var + jnp.square(mean), axis=-1)
+
+
+def bernoulli_log_likelihood(logits, x):
+    """log p(x | logits) of independent Bernoullis, summed over all non-batch axes.
+
+    Equals minus the binary cross-entropy with logits; for x in (0, 1) the same formula is used
+    (it is then not a normalised density: the continuous Bernoulli adds a term in the logits).
+    Computed from log-sigmoid, so logits of +-100 (and beyond) stay finite.
+
+    Args:
+      logits: [B, ...] float.
+      x: the logits' shape, values in [0, 1].
+
+    Returns:
+      [B]: sum x log sigmoid(logits) + (1 - x) log sigmoid(-logits).
+    """
+    logits = _as_float(logits)
+    x = jnp.asarray(x).astype(logits.dtype)
+    _check_same("bernoulli_log_likelihood", logits=logits, x=x)
+    per_pixel = x * jax.nn.log_sigmoid(logits) + (1.0 - x) * jax.nn.log_sigmoid(-logits)
+    return _sum_non_batch(per_pixel)
+
+
+def gaussian_log_likelihood(x, mean, log_std):
+    """log N(x; mean, exp(log_std)^2) per pixel, summed over all non-batch axes.
+
+    Args:
+      x: [B, ...] float.
+      mean: the shape of x.
+      log_std: broadcastable to x's shape (a scalar, [B, 1, ...], or per pixel).
+
+    Returns:
+      [B]: sum -0.5 ((x - mean) / std)^2 - log_std - 0.5 log(2 pi).
+    """
+    x = _as_float(x)
+    mean = jnp.asarray(mean).astype(x.dtype)
+    log_std = jnp.asarray(log_std).astype(x.dtype)
+    _check_same("gaussian_log_likelihood", x=x, mean=mean)
+    if _broadcast_shape(log_std.shape, x.shape) != x.shape:
+        raise ValueError(
+            f"gaussian_log_likelihood: log_std has shape {log_std.shape}, which does not"
+            f" broadcast to x's shape {x.shape}; pass a scalar or a shape with 1 on other axes."
+        )
+    scaled = (x - mean) * jnp.exp(-log_std)
+    per_pixel = -0.5 * jnp.square(scaled) - log_std - 0.5 * _LOG_2PI
+    return _sum_non_batch(jnp.broadcast_to(per_pixel, x.shape))
+
+
+def gaussian_log_density(z, mean, log_var):
+    """log N(z; mean, diag(exp(log_var))), summed over the last axis.
+
+    For the importance-weighted bound: log q(z | x) with the encoder's (mean, log_var), and log
+    p(z) with (0, 0).
+
+    Args:
+      z: [..., L], e.g. [K, B, L].
+      mean, log_var: broadcastable against z (e.g. [B, L] against [K, B, L], or scalars).
+
+    Returns:
+      [...]: the broadcast shape without its last axis.
+    """
+    z = _as_float(z)
+    mean, log_var = jnp.asarray(mean).astype(z.dtype), jnp.asarray(log_var).astype(z.dtype)
+    shape = _broadcast_shape(z.shape, mean.shape, log_var.shape)
+    if shape is None or len(shape) < 1:
+        raise ValueError(
+            f"gaussian_log_density: z {z.shape}, mean {mean.shape} and log_var {log_var.shape}"
+            " must broadcast together to a shape [..., L] with at least one axis."
+        )
+    per_dim = -0.5 * (_LOG_2PI + log_var + jnp.square(z - mean) * jnp.exp(-log_var))
+    return jnp.sum(jnp.broadcast_to(per_dim, shape), axis=-1)
+
+
+def negative_elbo(log_likelihood, kl, beta=1.0):
+    """Per-example negative ELBO -(log p(x | z) - beta KL), in nats.
+
+    Args:
+      log_likelihood: [B], a (single-sample) estimate of E_q log p(x | z).
+      kl: [B], KL(q(z | x) || p(z)) (e.g. `gaussian_kl`).
+      beta: weight on the KL term (beta-VAE, Higgins et al. 2017); 1 gives the ELBO.
+
+    Returns:
+      [B].
+    """
+    log_likelihood, kl = _as_float(log_likelihood), _as_float(kl)
+    _check_same("negative_elbo", log_likelihood=log_likelihood, kl=kl)
+    return beta * kl - log_likelihood
+
+
+def importance_weighted_bound(log_px_z, log_pz, log_qz):
+    """The K-sample importance-weighted bound on log p(x) (Burda et al., 2016).
+
+    log (1/K) sum_k exp(log p(x | z_k) + log p(z_k) - log q(z_k | x)), z_k ~ q(z | x), computed
+    as a log-sum-exp minus log K. K = 1 gives the single-sample ELBO; the bound's expectation
+    rises with K towards log p(x).
+
+    Args:
+      log_px_z, log_pz, log_qz: [K, B] each.
+
+    Returns:
+      [B].
+    """
+    log_px_z, log_pz, log_qz = _as_float(log_px_z), _as_float(log_pz), _as_float(log_qz)
+    _check_same("importance_weighted_bound", log_px_z=log_px_z, log_pz=log_pz, log_qz=log_qz)
+    if log_px_z.ndim != 2:
+        raise ValueError(
+            f"importance_weighted_bound: inputs have shape {log_px_z.shape}, expected [K, B]"
+            " (samples first); add a sample axis with x[None] for K = 1."
+        )
+    log_w = log_px_z + log_pz - log_qz
+    return jax.nn.logsumexp(log_w, axis=0) - jnp.log(jnp.asarray(log_w.shape[0], log_w.dtype))
+
+
+def _sum_non_batch(per_pixel):
+    return jnp.sum(per_pixel.reshape(per_pixel.shape[0], -1), axis=-1)
+
+
+def _broadcast_shape(*shapes):
+    try:
+        return tuple(jnp.broadcast_shapes(*shapes))
+    except ValueError:
+        return None
+
+
+def _check_same(name, **arrays):
+    (first, a), *rest = arrays.items()
+    if a.ndim < 1:
+        raise ValueError(f"{name}: {first} is a scalar; expected a leading batch axis.")
+    for other, b in rest:
+        if b.shape != a.shape:
+            raise ValueError(
+                f"{name}: {other} has shape {b.shape} but {first} {a.shape}; they must match"
+                " (map over a sample axis with jax.vmap)."
+            )

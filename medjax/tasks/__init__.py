@@ -3,10 +3,10 @@
 import ml_collections
 
 from medjax.errors import ConfigError
-from medjax.tasks import classification, ehr
+from medjax.tasks import classification, ehr, vae
 from medjax.tasks.task import Task
 
-TASKS = {"classification": classification.build, "ehr": ehr.build}
+TASKS = {"classification": classification.build, "ehr": ehr.build, "vae": vae.build}
 
 
 def build_task(config: ml_collections.ConfigDict) -> Task:

@@ -1,0 +1,167 @@
+"""VAE on images: representation, reconstruction, and anomaly detection by negative ELBO.
+
+By default the VAE trains on normal (label 0) examples only; every example of the evaluated
+split is scored, and the scores are compared with the labels (label 1 = anomaly).
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from medjax import losses, metrics, plots
+from medjax.data import image_dataset
+from medjax.errors import ConfigError
+from medjax.models import vae
+from medjax.tasks import classification
+from medjax.tasks.task import Task
+
+
+def build(config: ml_collections.ConfigDict) -> Task:
+    dataset = image_dataset(config.data)
+    if dataset.num_classes != 2:
+        raise ConfigError(
+            f"the vae task scores anomalies against binary labels (0 normal, 1 anomaly); "
+            f"{dataset.name} has {dataset.num_classes} classes"
+        )
+    try:
+        model = vae.create_model(
+            config.model.name,
+            latent_size=config.model.latent_size,
+            widths=tuple(config.model.vae_widths),
+            likelihood=config.model.likelihood,
+            eval_samples=config.model.eval_samples,
+            dtype=classification.DTYPES[config.dtype],
+        )
+    except (ValueError, KeyError) as e:
+        raise ConfigError(f"model: {e}") from None
+    train_batches, eval_batches = classification.image_pipelines(
+        config, dataset, normal_only=config.data.normal_only
+    )
+    beta, warmup = config.loss.beta, config.loss.kl_warmup_steps
+    num_dims = int(np.prod(dataset.image_shape))
+
+    def loss_fn(outputs, batch, step):
+        x = to_unit(batch["image"])
+        log_likelihood = _log_likelihood(outputs["likelihood"], x)[0]  # one training sample
+        kl = losses.gaussian_kl(**outputs["posterior"])
+        weight = beta * jnp.minimum(1.0, step / warmup) if warmup else beta
+        return jnp.mean(kl * weight - log_likelihood)
+
+    def eval_outputs_fn(outputs, batch):
+        x = to_unit(batch["image"])
+        log_likelihood = _log_likelihood(outputs["likelihood"], x)  # [K, B]
+        posterior = outputs["posterior"]
+        kl = losses.gaussian_kl(**posterior)
+        log_pz = losses.gaussian_log_density(outputs["z"], 0.0, 0.0)
+        log_qz = losses.gaussian_log_density(outputs["z"], posterior["mean"], posterior["log_var"])
+        recon = outputs["reconstruction"]  # the decoder's mean at the posterior mean
+        return {
+            "nelbo": kl - log_likelihood[0],
+            "kl": kl,
+            "iw_nll": -losses.importance_weighted_bound(log_likelihood, log_pz, log_qz),
+            "recon_error": jnp.mean((recon - x) ** 2, axis=tuple(range(1, x.ndim))),
+            "posterior_mean": posterior["mean"],
+            "label": batch["label"],
+            "index": batch["index"],
+        }
+
+    def compute_metrics(gathered):
+        labels = gathered["label"]
+        nelbo = float(np.mean(gathered["nelbo"]))
+        result = {
+            "nelbo": nelbo,
+            "bits_per_dim": nelbo / (num_dims * np.log(2)),
+            "kl": float(np.mean(gathered["kl"])),
+            "iw_nll": float(np.mean(gathered["iw_nll"])),
+            "recon_error": float(np.mean(gathered["recon_error"])),
+            # Active units (Burda et al. 2016): latents whose posterior mean varies with x.
+            "active_units": int(np.sum(np.var(gathered["posterior_mean"], axis=0) > 0.01)),
+            "anomaly_auroc": metrics.roc_auc(labels, gathered["nelbo"]),
+            "anomaly_auprc": metrics.average_precision(labels, gathered["nelbo"]),
+            "anomaly_auroc_recon": metrics.roc_auc(labels, gathered["recon_error"]),
+        }
+        result["loss"] = nelbo
+        return result
+
+    def write_outputs(workdir, split, gathered, variables):
+        ids = dataset.load_split(split)["ids"][gathered["index"]]
+        _write_scores(workdir, split, ids, gathered)
+        os.makedirs(os.path.join(workdir, "embeddings"), exist_ok=True)
+        np.savez(
+            os.path.join(workdir, "embeddings", f"{split}.npz"),
+            ids=ids,
+            labels=gathered["label"],
+            posterior_mean=gathered["posterior_mean"],
+        )
+        return _plot_images(workdir, split, model, variables, next(eval_batches(split)))
+
+    example_image = np.zeros((1, *dataset.image_shape, 1), np.float32)
+    return Task(
+        model=model,
+        model_inputs=lambda batch: to_unit(batch["image"]),
+        example_batch={"image": example_image, "label": np.zeros(1, np.int32)},
+        loss_fn=loss_fn,
+        eval_outputs_fn=eval_outputs_fn,
+        compute_metrics=compute_metrics,
+        train_batches=train_batches,
+        eval_batches=eval_batches,
+        write_outputs=write_outputs,
+        description=f"{dataset.description}; model {config.model.name} (latent "
+        f"{config.model.latent_size}, widths {tuple(config.model.vae_widths)}, "
+        f"{config.model.likelihood} likelihood), trained on "
+        f"{'normal examples only' if config.data.normal_only else 'all examples'}",
+        selection_metrics=("nelbo", "iw_nll", "recon_error", "anomaly_auroc", "loss"),
+    )
+
+
+def _log_likelihood(likelihood, x):
+    """log p(x | z_k) [K, B] from the decoder's parameters with leading axes [K, B]."""
+    if "logits" in likelihood:
+        return jax.vmap(lambda logits: losses.bernoulli_log_likelihood(logits, x))(
+            likelihood["logits"]
+        )
+    return jax.vmap(lambda mean: losses.gaussian_log_likelihood(x, mean, likelihood["log_std"]))(
+        likelihood["mean"]
+    )
+
+
+def to_unit(image):
+    """Windowed images in [-1, 1] -> [0, 1], the VAE's data space."""
+    return (image + 1) / 2
+
+
+def _write_scores(workdir, split, ids, gathered):
+    """predictions/<split>.csv: id, label, and the anomaly scores nelbo and recon_error."""
+    rows = zip(ids, gathered["label"], gathered["nelbo"], gathered["recon_error"])
+    with open(os.path.join(workdir, "predictions", f"{split}.csv"), "w") as f:
+        f.write("id,label,nelbo,recon_error\n")
+        f.writelines(f"{i},{int(y)},{n:.6g},{r:.6g}\n" for i, y, n, r in rows)
+
+
+def _plot_images(workdir, split, model, variables, batch, num=8):
+    """Reconstructions, prior samples and a latent traversal, as PNGs and TensorBoard images."""
+    x = to_unit(batch["image"][:num])
+    key = jax.random.key(0)
+    spatial = x.shape[1:-1]
+    recon = model.apply(variables, x, method=model.reconstruct)
+    prior = jax.random.normal(key, (num, model.latent_size))
+    samples = model.apply(variables, prior, spatial, method=model.decode_mean)
+    mean, _ = model.apply(variables, x[:1], method=model.encode)
+    dims = np.argsort(-np.abs(np.asarray(mean[0])))[:4]  # the first example's strongest latents
+    steps = np.linspace(-3, 3, num)
+    traversal = np.repeat(np.asarray(mean), len(dims) * num, axis=0)
+    for row, dim in enumerate(dims):
+        traversal[row * num : (row + 1) * num, dim] = steps
+    traversed = model.apply(variables, jnp.asarray(traversal), spatial, method=model.decode_mean)
+    grids = {
+        "reconstructions": [np.asarray(x), np.asarray(recon)],
+        "samples": [np.asarray(samples)],
+        "latent_traversal": list(np.asarray(traversed).reshape(len(dims), num, *x.shape[1:])),
+    }
+    images = {}
+    for name, rows in grids.items():
+        images[name] = plots.image_grid(os.path.join(workdir, "plots", f"{name}.png"), rows)
+    return images
