@@ -364,10 +364,11 @@ def test_reconstruct_is_the_decoded_mean_at_the_posterior_mean(likelihood):
         assert np.all((recon > 0) & (recon < 1))
 
 
-def test_ct_vae_end_to_end(tiny, tmp_path):
+@pytest.mark.parametrize("image_shape", [(32, 32), (16, 16, 16)])
+def test_ct_vae_end_to_end(tiny, tmp_path, image_shape):
     from medjax import train
 
-    config = tiny("ct_vae")
+    config = tiny("ct_vae", image_shape=image_shape)
     config.model.eval_samples = 4
     metrics = train.train_and_evaluate(config, str(tmp_path))
     for name in ("nelbo", "bits_per_dim", "kl", "iw_nll", "recon_error", "anomaly_auroc"):
@@ -375,8 +376,10 @@ def test_ct_vae_end_to_end(tiny, tmp_path):
     assert metrics["iw_nll"] <= metrics["nelbo"] + 1e-3 * abs(metrics["nelbo"])
     for name in ("reconstructions", "samples", "latent_traversal"):
         assert (tmp_path / "plots" / f"{name}.png").stat().st_size > 0
-    embeddings = np.load(tmp_path / "embeddings" / "test.npz", allow_pickle=False)
-    assert embeddings["posterior_mean"].shape == (48, config.model.latent_size)
-    assert len(embeddings["ids"]) == len(set(embeddings["ids"])) == 48
+    for split, size in (("train", 96), ("val", 40), ("test", 48)):
+        embeddings = np.load(tmp_path / "embeddings" / f"{split}.npz", allow_pickle=False)
+        assert embeddings["posterior_mean"].shape == (size, config.model.latent_size)
+        assert len(embeddings["ids"]) == len(set(embeddings["ids"])) == size
+        assert set(embeddings["labels"]) <= {0, 1}
     lines = (tmp_path / "predictions" / "test.csv").read_text().splitlines()
     assert lines[0] == "id,label,nelbo,recon_error" and len(lines) == 49

@@ -82,6 +82,7 @@ def build(config: ml_collections.ConfigDict) -> Task:
             "anomaly_auroc": metrics.roc_auc(labels, gathered["nelbo"]),
             "anomaly_auprc": metrics.average_precision(labels, gathered["nelbo"]),
             "anomaly_auroc_recon": metrics.roc_auc(labels, gathered["recon_error"]),
+            "anomaly_auprc_recon": metrics.average_precision(labels, gathered["recon_error"]),
         }
         result["loss"] = nelbo
         return result
@@ -90,12 +91,14 @@ def build(config: ml_collections.ConfigDict) -> Task:
         ids = dataset.load_split(split)["ids"][gathered["index"]]
         _write_scores(workdir, split, ids, gathered)
         os.makedirs(os.path.join(workdir, "embeddings"), exist_ok=True)
-        np.savez(
-            os.path.join(workdir, "embeddings", f"{split}.npz"),
-            ids=ids,
-            labels=gathered["label"],
-            posterior_mean=gathered["posterior_mean"],
-        )
+        for name in ("train", "val", split):  # posterior means for downstream use
+            if name == split:
+                means, labels, index = gathered["posterior_mean"], gathered["label"], ids
+            else:
+                means, labels, index = _posterior_means(model, variables, eval_batches(name))
+                index = dataset.load_split(name)["ids"][index]
+            path = os.path.join(workdir, "embeddings", f"{name}.npz")
+            np.savez(path, ids=index, labels=labels, posterior_mean=means)
         return _plot_images(workdir, split, model, variables, next(eval_batches(split)))
 
     example_image = np.zeros((1, *dataset.image_shape, 1), np.float32)
@@ -131,6 +134,17 @@ def _log_likelihood(likelihood, x):
 def to_unit(image):
     """Windowed images in [-1, 1] -> [0, 1], the VAE's data space."""
     return (image + 1) / 2
+
+
+def _posterior_means(model, variables, batches):
+    """Posterior means [N, L], labels [N] and row indices [N] of a split, padding dropped."""
+    encode = jax.jit(lambda x: model.apply(variables, to_unit(x), method=model.encode)[0])
+    gatherer = metrics.OutputGatherer()
+    for batch in batches:
+        outputs = {"mean": np.asarray(encode(batch["image"])), "label": batch["label"]}
+        gatherer.add({**outputs, "index": batch["index"]}, batch["valid"])
+    result = gatherer.result()
+    return result["mean"], result["label"], result["index"]
 
 
 def _write_scores(workdir, split, ids, gathered):
