@@ -86,9 +86,10 @@ def train_step(state: TrainState, batch, *, task: Task):
 
 @functools.partial(jax.jit, static_argnames="task")
 def eval_step(state: TrainState, batch, *, task: Task):
-    # Models that sample in evaluation (a VAE's latents) get randomness fixed by the checkpoint
-    # and the batch's first example, so an evaluation is repeatable.
-    eval_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), -1 % 2**32)
+    # Models that sample in evaluation (a VAE's latents) get randomness fixed by the seed and
+    # the batch's first example, so an evaluation is repeatable. Training steps fold in
+    # step numbers; evaluation folds in the largest uint32, a stream no step reaches.
+    eval_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 2**32 - 1)
     latent_key = jax.random.fold_in(eval_key, batch["index"][0])
     outputs = task.model.apply(
         _variables(state), task.model_inputs(batch), train=False, rngs={"latent": latent_key}
