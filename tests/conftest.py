@@ -5,6 +5,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -39,3 +40,12 @@ def tiny():
 @pytest.fixture
 def tiny_config(tiny):
     return tiny("ct_cnn")
+
+
+@pytest.fixture
+def x64():
+    """float64 for gradient checks, restored afterwards."""
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)

@@ -38,14 +38,6 @@ def jit_value_and_grad(fn, **options):
     return jax.jit(jax.value_and_grad(loss))
 
 
-@pytest.fixture
-def x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
-
-
 def _data(seed, shape, num_classes=C):
     rng = np.random.default_rng(seed)
     logits = (3.0 * rng.normal(size=shape)).astype(np.float32)

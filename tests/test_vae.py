@@ -17,27 +17,11 @@ from jax.test_util import check_grads
 
 from medjax import losses
 from medjax.models.vae import LIKELIHOODS, MODELS, ConvVAE, create_model, depth_to_space
+from medjax.tasks.vae import log_likelihood
 
 
 def key(seed):
     return jax.random.key(seed, impl="unsafe_rbg")
-
-
-@pytest.fixture
-def x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
-
-
-def log_likelihood(lik, x):
-    """[K, B] log p(x | z_k) from the model's likelihood dict (leading axis K) and x [B, ...]."""
-    if "logits" in lik:
-        return jax.vmap(losses.bernoulli_log_likelihood, in_axes=(0, None))(lik["logits"], x)
-    return jax.vmap(losses.gaussian_log_likelihood, in_axes=(None, 0, None))(
-        x, lik["mean"], lik["log_std"]
-    )
 
 
 def tiny_model_and_data(likelihood="bernoulli", dtype=jnp.float32, batch=4, seed=0):

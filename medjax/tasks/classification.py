@@ -4,7 +4,6 @@ import csv
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tensorflow as tf
@@ -13,15 +12,11 @@ from medjax import losses, metrics, plots
 from medjax.data import image_dataset, pipeline, transforms
 from medjax.errors import ConfigError
 from medjax.models import cnn
-from medjax.tasks.task import Task
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+from medjax.tasks.task import Task, compute_dtype
 
 
 def build(config: ml_collections.ConfigDict) -> Task:
     dataset = image_dataset(config.data)
-    if config.dtype not in DTYPES:
-        raise ConfigError(f"unknown dtype {config.dtype!r}; valid: {', '.join(DTYPES)}")
     try:
         model = cnn.create_model(
             config.model.name,
@@ -30,7 +25,7 @@ def build(config: ml_collections.ConfigDict) -> Task:
             norm=config.model.norm,
             small_input=config.model.small_input,
             dropout_rate=config.model.dropout_rate,
-            dtype=DTYPES[config.dtype],
+            dtype=compute_dtype(config),
         )
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None

@@ -11,7 +11,7 @@ from medjax.data import ehr, pipeline
 from medjax.errors import ConfigError
 from medjax.models import rnn
 from medjax.tasks import classification
-from medjax.tasks.task import Task
+from medjax.tasks.task import Task, compute_dtype
 
 INPUTS = ("values", "mask", "delta", "lengths", "static")
 CLASS_NAMES = ("survived", "in-hospital death")
@@ -28,9 +28,9 @@ def build(config: ml_collections.ConfigDict) -> Task:
             bidirectional=model_config.bidirectional,
             pooling=model_config.pooling,
             dropout_rate=model_config.dropout_rate,
-            dtype=classification.DTYPES[config.dtype],
+            dtype=compute_dtype(config),
         )
-    except (ValueError, KeyError) as e:
+    except ValueError as e:
         raise ConfigError(f"model: {e}") from None
     process_index, process_count = jax.process_index(), jax.process_count()
     loss_config = config.loss

@@ -6,9 +6,21 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from medjax.errors import ConfigError
+
 Batch = dict[str, np.ndarray]
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(config: ml_collections.ConfigDict):
+    """The jnp dtype named by `config.dtype`; raises ConfigError listing valid names."""
+    if config.dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {config.dtype!r}; valid: {', '.join(DTYPES)}")
+    return DTYPES[config.dtype]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -16,7 +16,7 @@ from medjax.data import image_dataset
 from medjax.errors import ConfigError
 from medjax.models import vae
 from medjax.tasks import classification
-from medjax.tasks.task import Task
+from medjax.tasks.task import Task, compute_dtype
 
 
 def build(config: ml_collections.ConfigDict) -> Task:
@@ -33,9 +33,9 @@ def build(config: ml_collections.ConfigDict) -> Task:
             widths=tuple(config.model.vae_widths),
             likelihood=config.model.likelihood,
             eval_samples=config.model.eval_samples,
-            dtype=classification.DTYPES[config.dtype],
+            dtype=compute_dtype(config),
         )
-    except (ValueError, KeyError) as e:
+    except ValueError as e:
         raise ConfigError(f"model: {e}") from None
     train_batches, eval_batches = classification.image_pipelines(
         config, dataset, normal_only=config.data.normal_only
@@ -45,23 +45,23 @@ def build(config: ml_collections.ConfigDict) -> Task:
 
     def loss_fn(outputs, batch, step):
         x = to_unit(batch["image"])
-        log_likelihood = _log_likelihood(outputs["likelihood"], x)[0]  # one training sample
+        log_px_z = log_likelihood(outputs["likelihood"], x)[0]  # one training sample
         kl = losses.gaussian_kl(**outputs["posterior"])
         weight = beta * jnp.minimum(1.0, step / warmup) if warmup else beta
-        return jnp.mean(kl * weight - log_likelihood)
+        return jnp.mean(kl * weight - log_px_z)
 
     def eval_outputs_fn(outputs, batch):
         x = to_unit(batch["image"])
-        log_likelihood = _log_likelihood(outputs["likelihood"], x)  # [K, B]
+        log_px_z = log_likelihood(outputs["likelihood"], x)  # [K, B]
         posterior = outputs["posterior"]
         kl = losses.gaussian_kl(**posterior)
         log_pz = losses.gaussian_log_density(outputs["z"], 0.0, 0.0)
         log_qz = losses.gaussian_log_density(outputs["z"], posterior["mean"], posterior["log_var"])
         recon = outputs["reconstruction"]  # the decoder's mean at the posterior mean
         return {
-            "nelbo": kl - log_likelihood[0],
+            "nelbo": kl - log_px_z[0],
             "kl": kl,
-            "iw_nll": -losses.importance_weighted_bound(log_likelihood, log_pz, log_qz),
+            "iw_nll": -losses.importance_weighted_bound(log_px_z, log_pz, log_qz),
             "recon_error": jnp.mean((recon - x) ** 2, axis=tuple(range(1, x.ndim))),
             "posterior_mean": posterior["mean"],
             "label": batch["label"],
@@ -120,7 +120,7 @@ def build(config: ml_collections.ConfigDict) -> Task:
     )
 
 
-def _log_likelihood(likelihood, x):
+def log_likelihood(likelihood, x):
     """log p(x | z_k) [K, B] from the decoder's parameters with leading axes [K, B]."""
     if "logits" in likelihood:
         return jax.vmap(lambda logits: losses.bernoulli_log_likelihood(logits, x))(
