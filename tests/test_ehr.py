@@ -10,7 +10,7 @@ import pytest
 
 from configs import ehr_rnn
 from medjax import train
-from medjax.data import ehr, physionet2012, synthetic_icu
+from medjax.data import dataset, ehr, physionet2012, synthetic_icu
 from medjax.errors import ConfigError
 from medjax.tasks import build_task
 
@@ -41,7 +41,7 @@ def test_forward_fill_closed_form():
 
 def test_stratified_split_is_disjoint_and_keeps_the_death_rate():
     labels = np.array([1] * 100 + [0] * 900)
-    test, val, rest = ehr._stratified_split(labels, (0.2, 0.15), np.random.default_rng(0))
+    test, val, rest = dataset.stratified_split(labels, (0.2, 0.15), np.random.default_rng(0))
     assert len(test) == 200 and len(val) == 150 and len(rest) == 650
     assert not set(test) & set(val) and not (set(test) | set(val)) & set(rest)
     assert sorted(np.concatenate([test, val, rest])) == list(range(1000))

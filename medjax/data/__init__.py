@@ -1,32 +1,14 @@
 """Datasets by name: each entry builds an `ImageDataset` from the `data` config."""
 
-import dataclasses
 import functools
-from collections.abc import Callable
 
 import ml_collections
 import numpy as np
 
-from medjax.data import synthetic_ct
+from medjax.data import medmnist, synthetic_ct
+from medjax.data.ct_folder import ct_folder_dataset
+from medjax.data.dataset import SPLITS, ImageDataset
 from medjax.errors import ConfigError
-
-SPLITS = ("train", "val", "test")
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageDataset:
-    """Images in Hounsfield units with integer labels, split by patient.
-
-    `load_split(name)` returns `images` [N, *image_shape], `labels` int32 [N] and `ids` str [N];
-    it is cached, so a split is read or generated once.
-    """
-
-    name: str
-    image_shape: tuple[int, ...]
-    num_classes: int
-    class_names: tuple[str, ...]
-    load_split: Callable[[str], dict[str, np.ndarray]]
-    description: str
 
 
 def synthetic_ct_dataset(data: ml_collections.ConfigDict) -> ImageDataset:
@@ -57,13 +39,53 @@ def synthetic_ct_dataset(data: ml_collections.ConfigDict) -> ImageDataset:
     )
 
 
-IMAGE_DATASETS = {"synthetic_ct": synthetic_ct_dataset}
+def medmnist_dataset(data: ml_collections.ConfigDict) -> ImageDataset:
+    """The MedMNIST dataset data.name from data.dir (downloaded there when absent)."""
+    base, size = medmnist.parse_name(data.name)
+    info = medmnist.INFO[base]
+    if not data.dir:
+        raise ConfigError(
+            f"data.name={data.name} needs --config.data.dir=DIR, the folder that holds (or will "
+            f"hold) {medmnist.file_name(data.name)}"
+        )
+    splits = medmnist.read(data.dir, data.name, download=data.download)
+
+    def load_split(split):
+        arrays = splits[split]
+        ids = np.array([f"{data.name}-{split}-{i}" for i in range(len(arrays["labels"]))])
+        return {**arrays, "ids": ids}
+
+    sizes = "/".join(str(len(splits[s]["labels"])) for s in SPLITS)
+    spatial = (size,) * (3 if info.is_3d else 2)
+    return ImageDataset(
+        name=data.name,
+        image_shape=spatial,
+        num_classes=len(info.class_names),
+        class_names=info.class_names,
+        load_split=load_split,
+        description=f"MedMNIST {data.name} ({info.task}, {len(info.class_names)} classes, "
+        f"{'x'.join(map(str, spatial))}x{info.channels}) from {data.dir}: {sizes} "
+        "train/val/test (official split)",
+        channels=info.channels,
+        multilabel=info.multilabel,
+        intensity="uint8",
+    )
+
+
+IMAGE_DATASETS = {"synthetic_ct": synthetic_ct_dataset, "ct_folder": ct_folder_dataset}
+
+
+def _is_medmnist(name: str) -> bool:
+    return name.partition("_")[0] in medmnist.INFO
 
 
 def image_dataset(data: ml_collections.ConfigDict) -> ImageDataset:
     """The dataset named by `data.name`; raises ConfigError listing valid names."""
+    if _is_medmnist(data.name):
+        return medmnist_dataset(data)
     if data.name not in IMAGE_DATASETS:
         raise ConfigError(
-            f"unknown dataset data.name={data.name!r}; valid names: {', '.join(IMAGE_DATASETS)}"
+            f"unknown dataset data.name={data.name!r}; valid names: {', '.join(IMAGE_DATASETS)} "
+            f"or a MedMNIST name ({', '.join(medmnist.INFO)}, with _64/_128/_224 for sizes)"
         )
     return IMAGE_DATASETS[data.name](data)

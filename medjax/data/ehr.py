@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from medjax.data import physionet2012, synthetic_icu
+from medjax.data.dataset import stratified_split
 from medjax.errors import ConfigError
 
 IMPUTATIONS = ("zero", "forward_fill")
@@ -89,24 +90,13 @@ def _physionet_splits(data):
     records, labels, _ = physionet2012.read_set(data.dir, "a")
     rng = np.random.default_rng(data.seed)
     held_out = data.test_fraction if data.test_set == "a" else 0.0
-    parts = _stratified_split(labels, (held_out, data.val_fraction), rng)
+    parts = stratified_split(labels, (held_out, data.val_fraction), rng)
     splits = {name: _take(records, labels, idx) for name, idx in zip(("test", "val"), parts)}
     splits["train"] = _take(records, labels, parts[2])
     if data.test_set != "a":
         test_records, test_labels, _ = physionet2012.read_set(data.dir, data.test_set)
         splits["test"] = (test_records, test_labels)
     return splits
-
-
-def _stratified_split(labels, fractions, rng):
-    """Index arrays of the given fractions of each class, then the rest; seeded."""
-    parts = [[] for _ in range(len(fractions) + 1)]
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        bounds = np.cumsum([round(f * len(members)) for f in fractions])
-        for part, chunk in zip(parts, np.split(members, bounds)):
-            part.append(chunk)
-    return [np.sort(np.concatenate(p)) for p in parts]
 
 
 def _take(records, labels, indices):
