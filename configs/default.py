@@ -23,6 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
     trainer.selection_metric = "auroc"  # validation metric for the best checkpoint
     trainer.selection_mode = "max"  # max or min
     trainer.early_stopping_patience = 0  # evaluations without improvement; 0: never stop early
+    trainer.ema_decay = 0.0  # > 0: evaluate (and keep as best) a moving average of the weights
 
     config.optimizer = opt = ml_collections.ConfigDict()
     opt.name = "adamw"  # adamw or sgd
@@ -64,6 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data = data = ml_collections.ConfigDict()
     data.name = "synthetic_ct"  # medjax.data.IMAGE_DATASETS; ehr: synthetic_ehr, physionet2012
     data.dir = ""  # folder with the dataset's files as distributed (real datasets)
+    data.download = True  # MedMNIST: download the official file into data.dir when absent
     data.seed = 0  # which synthetic cohort / which held-out split; apart from `seed`
     data.num_train = 6000  # synthetic data: patients per split
     data.num_val = 1000
@@ -71,6 +73,9 @@ def get_config() -> ml_collections.ConfigDict:
     data.balanced_sampling = False  # oversample smaller classes to the largest one
     # Images.
     data.image_shape = (64, 64)  # synthetic data: (H, W) slices or (D, H, W) volumes
+    data.spacing = (5.0, 5.0, 5.0)  # ct_folder: voxel size (z, y, x), mm, after resampling
+    data.ct_geometry = "resample"  # ct_folder: gantry tilt, uneven gaps: resample or refuse
+    data.cache_dir = ""  # ct_folder: TFDS cache of the volumes; "": ~/tensorflow_datasets
     data.positive_fraction = 0.3  # synthetic data: share with a suspicious nodule
     data.normal_only = True  # vae: train on label-0 examples only (label 1 = anomaly)
     data.window_center = -600.0  # HU window (lung), mapped to [-1, 1]
@@ -79,13 +84,14 @@ def get_config() -> ml_collections.ConfigDict:
     augment.enabled = True
     augment.flip_left_right = True
     augment.max_rotation_degrees = 10.0  # in the axial plane
-    augment.hu_shift = 10.0  # std of an intensity offset, HU
-    augment.hu_scale = 0.03  # intensity scale jitter, +-fraction
+    augment.max_shift_fraction = 0.0  # shift (3D: crop) along every axis, up to this of a side
+    augment.intensity_shift = 10.0  # std of an intensity offset, in the image's units (HU, 0..255)
+    augment.intensity_scale = 0.03  # intensity scale jitter, +-fraction
     # ICU time series.
     data.hours = 48.0  # the first hours of the stay
     data.step_hours = 1.0  # grid step
     data.imputation = "zero"  # zero (= training mean, with mask and delta) or forward_fill
     data.test_set = "a"  # physionet2012: a (held-out part of set A) or b / c (a whole set)
-    data.test_fraction = 0.2  # physionet2012, test_set a: share of set A held out for test
-    data.val_fraction = 0.15  # physionet2012: share of set A for validation
+    data.test_fraction = 0.2  # physionet2012 (test_set a): of set A; ct_folder: of patients
+    data.val_fraction = 0.15  # physionet2012: of set A; ct_folder: of patients (no split column)
     return config

@@ -259,6 +259,35 @@ def classification_metrics(labels, probs, *, threshold=0.5) -> dict[str, float]:
     return out
 
 
+def multilabel_metrics(labels, probs, *, threshold=0.5) -> dict[str, float]:
+    """MedMNIST's multi-label metrics for 0/1 `labels` [N, C] and independent `probs` [N, C].
+
+    auroc and auprc: the mean over outputs of each output's binary metric (outputs with one
+    class present are left out); accuracy: the mean over outputs of the accuracy of
+    probs >= threshold; brier: the mean squared error over all entries.
+    """
+    labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
+    if labels.ndim != 2 or labels.shape != probs.shape:
+        raise ValueError(
+            f"multi-label labels and probs must both be [N, C]; got {labels.shape} and "
+            f"{probs.shape}"
+        )
+    columns = [(labels[:, c], probs[:, c]) for c in range(labels.shape[1])]
+    return {
+        "auroc": _mean_defined([roc_auc(y, p) for y, p in columns]),
+        "auprc": _mean_defined([average_precision(y, p) for y, p in columns]),
+        "accuracy": float(np.mean((probs >= threshold) == (labels == 1))),
+        "brier": float(np.mean((probs - labels) ** 2)),
+    }
+
+
+def _mean_defined(values) -> float:
+    """The mean of the values that are not nan; nan when none is defined."""
+    values = np.asarray(values, np.float64)
+    defined = values[~np.isnan(values)]
+    return float(defined.mean()) if defined.size else float("nan")
+
+
 class OutputGatherer:
     """Collects per-example eval outputs across padded batches, dropping padding rows.
 

@@ -65,22 +65,58 @@ class TestTransforms:
         np.testing.assert_allclose(out, [-1, -1, 0, 1, 1], atol=1e-6)
 
     def test_augment_deterministic_in_seed_and_identity_when_off(self):
-        hu = tf.constant(np.random.default_rng(0).normal(-500, 300, (2, 16, 16)), tf.float32)
-        on = dict(flip_left_right=True, max_rotation_degrees=20.0, hu_shift=10.0, hu_scale=0.1)
+        hu = tf.constant(np.random.default_rng(0).normal(-500, 300, (2, 16, 16, 1)), tf.float32)
+        on = dict(
+            flip_left_right=True,
+            max_rotation_degrees=20.0,
+            max_shift_fraction=0.2,
+            intensity_shift=10.0,
+            intensity_scale=0.1,
+            background=-1000.0,
+        )
         seed = tf.constant([1, 2], tf.int64)
         a = transforms.augment(hu, seed, **on).numpy()
         b = transforms.augment(hu, seed, **on).numpy()
         c = transforms.augment(hu, tf.constant([1, 3], tf.int64), **on).numpy()
         np.testing.assert_array_equal(a, b)
-        assert not np.allclose(a, c)
-        off = dict(flip_left_right=False, max_rotation_degrees=0.0, hu_shift=0.0, hu_scale=0.0)
+        assert a.shape == hu.shape and not np.allclose(a, c)
+        off = {**on, "flip_left_right": False, "max_rotation_degrees": 0.0}
+        off |= {"max_shift_fraction": 0.0, "intensity_shift": 0.0, "intensity_scale": 0.0}
         np.testing.assert_allclose(transforms.augment(hu, seed, **off).numpy(), hu.numpy())
 
+    def test_flip_reverses_width_not_channels(self):
+        rgb = np.arange(2 * 3 * 3, dtype=np.float32).reshape(2, 3, 3)
+        options = dict(max_rotation_degrees=0.0, max_shift_fraction=0.0, intensity_shift=0.0)
+        options |= dict(intensity_scale=0.0, background=0.0)
+        seeds = [tf.constant([0, s], tf.int64) for s in range(8)]
+        outs = [transforms.augment(rgb, s, flip_left_right=True, **options).numpy() for s in seeds]
+        flipped = [o for o in outs if not np.array_equal(o, rgb)]
+        assert flipped and len(flipped) < len(outs)  # a coin per seed
+        np.testing.assert_array_equal(flipped[0], rgb[:, ::-1, :])
+
+    def test_shift_moves_content_and_fills_background(self):
+        volume = np.zeros((10, 10, 10, 1), np.float32)
+        volume[5, 5, 5] = 1.0
+        options = dict(flip_left_right=False, max_rotation_degrees=0.0, intensity_shift=0.0)
+        options |= dict(intensity_scale=0.0, background=-7.0, max_shift_fraction=0.3)
+        offsets = set()
+        for s in range(10):
+            out = transforms.augment(volume, tf.constant([2, s], tf.int64), **options).numpy()
+            assert out.shape == volume.shape and out.max() == 1.0  # within +-3 of the center
+            offsets.add(tuple(np.argwhere(out[..., 0] == 1.0)[0] - 5))
+            assert set(np.unique(out)) <= {-7.0, 0.0, 1.0}
+        assert len(offsets) > 1 and all(max(map(abs, o)) <= 3 for o in offsets)
+        assert any(o[0] != 0 for o in offsets)  # depth moves too (a 3D crop)
+
+    def test_scale_uint8(self):
+        out = transforms.scale_uint8(tf.constant([0, 255], tf.uint8)).numpy()
+        np.testing.assert_allclose(out, [-1.0, 1.0])
+
     def test_rotation_turns_about_the_center(self):
-        image = np.full((9, 9), -1000.0, np.float32)
+        image = np.full((9, 9, 1), -1000.0, np.float32)
         image[4, 6] = 500.0  # two voxels right of the center
         angle = tf.constant(np.pi / 2, tf.float32)
-        rotated = transforms._rotate_planes(tf.constant(image), angle).numpy()
+        rotated = transforms._rotate_planes(tf.constant(image), angle, -1000.0).numpy()[..., 0]
         assert rotated[4, 4] == -1000.0
         peak = np.unravel_index(rotated.argmax(), rotated.shape)
         assert peak in {(2, 4), (6, 4)}  # a quarter turn moves it onto the vertical axis

@@ -35,11 +35,17 @@ def build(config: ml_collections.ConfigDict) -> Task:
             f"loss.class_weights has {len(class_weights)} entries but {dataset.name} has "
             f"{dataset.num_classes} classes; give one weight per class or () for none"
         )
+    if dataset.multilabel and config.data.balanced_sampling:
+        raise ConfigError(
+            f"data.balanced_sampling needs one class per example; {dataset.name} is multi-label:"
+            " use loss.class_weights (one per label) instead"
+        )
     train_batches, eval_batches = image_pipelines(config, dataset)
 
     def loss_fn(logits, batch, step):
         del step
-        return losses.softmax_cross_entropy(
+        loss = losses.sigmoid_cross_entropy if dataset.multilabel else losses.softmax_cross_entropy
+        return loss(
             logits,
             batch["label"],
             class_weights=class_weights,
@@ -48,7 +54,8 @@ def build(config: ml_collections.ConfigDict) -> Task:
         )
 
     def eval_outputs_fn(logits, batch):
-        return {"probs": jax.nn.softmax(logits), "label": batch["label"], "index": batch["index"]}
+        probs = jax.nn.sigmoid(logits) if dataset.multilabel else jax.nn.softmax(logits)
+        return {"probs": probs, "label": batch["label"], "index": batch["index"]}
 
     def write_outputs(workdir, split, gathered, variables):
         del variables
@@ -56,14 +63,15 @@ def build(config: ml_collections.ConfigDict) -> Task:
         write_outputs_of(workdir, split, gathered, ids, dataset.class_names, dataset.name)
         return {}
 
-    example_image = np.zeros((1, *dataset.image_shape, 1), np.float32)
+    example_image = np.zeros((1, *dataset.image_shape, dataset.channels), np.float32)
+    example_label = np.zeros((1, dataset.num_classes) if dataset.multilabel else 1, np.int32)
     return Task(
         model=model,
         model_inputs=lambda batch: batch["image"],
-        example_batch={"image": example_image, "label": np.zeros(1, np.int32)},
+        example_batch={"image": example_image, "label": example_label},
         loss_fn=loss_fn,
         eval_outputs_fn=eval_outputs_fn,
-        compute_metrics=compute_metrics,
+        compute_metrics=multilabel_metrics if dataset.multilabel else compute_metrics,
         train_batches=train_batches,
         eval_batches=eval_batches,
         write_outputs=write_outputs,
@@ -76,33 +84,42 @@ def build(config: ml_collections.ConfigDict) -> Task:
 def image_pipelines(config: ml_collections.ConfigDict, dataset, *, normal_only: bool = False):
     """(train_batches, eval_batches) of windowed images with labels; training is augmented.
 
-    With `normal_only`, training sees only the label-0 examples (evaluation sees every one).
+    With `normal_only`, training sees only the normal examples, label 0 or (multi-label) no
+    label at all; evaluation sees every one.
     """
     data = config.data
     process_index, process_count = jax.process_index(), jax.process_count()
+    background = -1000.0 if dataset.intensity == "hu" else 0.0  # air; black
 
-    def window(hu):
-        return transforms.window(hu, data.window_center, data.window_width)[..., None]
+    def with_channels(pixels):
+        return pixels if dataset.channels > 1 else pixels[..., None]
+
+    def to_input(image):
+        if dataset.intensity == "hu":
+            return transforms.window(image, data.window_center, data.window_width)
+        return transforms.scale_uint8(image)
 
     def train_batches(start_step):
         arrays = dataset.load_split("train")
-        keep = arrays["labels"] == 0 if normal_only else slice(None)
+        keep = _is_normal(arrays["labels"]) if normal_only else slice(None)
         train_labels = arrays["labels"][keep]
         images, labels = tf.constant(arrays["images"][keep]), tf.constant(train_labels)
         augment = data.augment
 
         def load(index, seed):
-            hu = tf.gather(images, index)
+            image = with_channels(tf.gather(images, index))
             if augment.enabled:
-                hu = transforms.augment(
-                    hu,
+                image = transforms.augment(
+                    image,
                     seed,
                     flip_left_right=augment.flip_left_right,
                     max_rotation_degrees=augment.max_rotation_degrees,
-                    hu_shift=augment.hu_shift,
-                    hu_scale=augment.hu_scale,
+                    max_shift_fraction=augment.max_shift_fraction,
+                    intensity_shift=augment.intensity_shift,
+                    intensity_scale=augment.intensity_scale,
+                    background=background,
                 )
-            return {"image": window(hu), "label": tf.gather(labels, index)}
+            return {"image": to_input(image), "label": tf.gather(labels, index)}
 
         return pipeline.train_batches(
             train_labels,
@@ -120,7 +137,10 @@ def image_pipelines(config: ml_collections.ConfigDict, dataset, *, normal_only: 
         images, labels = tf.constant(arrays["images"]), tf.constant(arrays["labels"])
         return pipeline.eval_batches(
             len(arrays["labels"]),
-            lambda i: {"image": window(tf.gather(images, i)), "label": tf.gather(labels, i)},
+            lambda i: {
+                "image": to_input(with_channels(tf.gather(images, i))),
+                "label": tf.gather(labels, i),
+            },
             global_batch_size=config.trainer.eval_batch_size,
             process_index=process_index,
             process_count=process_count,
@@ -138,20 +158,41 @@ def compute_metrics(gathered: dict[str, np.ndarray]) -> dict[str, float]:
     return result
 
 
+def multilabel_metrics(gathered: dict[str, np.ndarray]) -> dict[str, float]:
+    """Multi-label metrics plus `loss`, the mean over outputs of the binary cross-entropy."""
+    probs, labels = gathered["probs"].astype(np.float64), gathered["label"]
+    result = metrics.multilabel_metrics(labels, probs)
+    tiny = np.finfo(np.float64).tiny
+    likelihood = np.where(labels == 1, probs, 1 - probs)
+    result["loss"] = float(-np.mean(np.log(np.maximum(likelihood, tiny))))
+    return result
+
+
 def write_outputs_of(workdir, split, gathered, ids, class_names, dataset_name) -> None:
-    """predictions/<split>.csv, plots/roc.png (two classes) and plots/confusion_matrix.png."""
+    """predictions/<split>.csv, plots/roc.png (two classes) and plots/confusion_matrix.png
+    (single-label classes)."""
     probs, labels = gathered["probs"], gathered["label"]
     title = f"{dataset_name}, {split}"
-    if len(class_names) == 2:
+    multilabel = labels.ndim == 2
+    if len(class_names) == 2 and not multilabel:
         fpr, tpr, _ = metrics.roc_curve(labels, probs[:, 1])
         auroc = metrics.roc_auc(labels, probs[:, 1])
         plots.roc_curve(os.path.join(workdir, "plots", "roc.png"), fpr, tpr, auroc, title)
-    counts = metrics.confusion_matrix(labels, probs.argmax(1), len(class_names))
-    path = os.path.join(workdir, "plots", "confusion_matrix.png")
-    plots.confusion_matrix(path, counts, class_names, title)
-    # id, label, prediction (argmax), then prob_<class> columns.
+    if not multilabel:
+        counts = metrics.confusion_matrix(labels, probs.argmax(1), len(class_names))
+        path = os.path.join(workdir, "plots", "confusion_matrix.png")
+        plots.confusion_matrix(path, counts, class_names, title)
+    # id, the label(s), prediction (argmax; single-label only), then prob_<class> columns.
+    classes = range(probs.shape[1])
+    label_columns = [f"label_{c}" for c in classes] if multilabel else ["label", "prediction"]
     with open(os.path.join(workdir, "predictions", f"{split}.csv"), "w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(["id", "label", "prediction", *(f"prob_{c}" for c in range(probs.shape[1]))])
+        out.writerow(["id", *label_columns, *(f"prob_{c}" for c in classes)])
         for index, label, row in zip(gathered["index"], labels, probs):
-            out.writerow([ids[index], int(label), int(row.argmax()), *(f"{p:.6g}" for p in row)])
+            label_values = list(label) if multilabel else [label, row.argmax()]
+            out.writerow([ids[index], *map(int, label_values), *(f"{p:.6g}" for p in row)])
+
+
+def _is_normal(labels: np.ndarray) -> np.ndarray:
+    """Label 0, or for multi-label rows no finding at all."""
+    return labels == 0 if labels.ndim == 1 else ~labels.any(axis=1)

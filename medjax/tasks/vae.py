@@ -41,7 +41,7 @@ def build(config: ml_collections.ConfigDict) -> Task:
         config, dataset, normal_only=config.data.normal_only
     )
     beta, warmup = config.loss.beta, config.loss.kl_warmup_steps
-    num_dims = int(np.prod(dataset.image_shape))
+    num_dims = int(np.prod(dataset.image_shape)) * dataset.channels
 
     def loss_fn(outputs, batch, step):
         x = to_unit(batch["image"])
@@ -101,7 +101,7 @@ def build(config: ml_collections.ConfigDict) -> Task:
             np.savez(path, ids=index, labels=labels, posterior_mean=means)
         return _plot_images(workdir, split, model, variables, next(eval_batches(split)))
 
-    example_image = np.zeros((1, *dataset.image_shape, 1), np.float32)
+    example_image = np.zeros((1, *dataset.image_shape, dataset.channels), np.float32)
     return Task(
         model=model,
         model_inputs=lambda batch: to_unit(batch["image"]),
