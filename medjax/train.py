@@ -12,7 +12,9 @@ import os
 import time
 from typing import Any
 
+import flax
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -28,9 +30,27 @@ from medjax.tasks import Task, build_task
 class TrainState(train_state.TrainState):
     batch_stats: Any
     rng: jax.Array  # key data of the dropout key; step N uses fold_in(key, N)
+    ema_params: Any = None  # a moving average of params, evaluated in their place; None: off
+    ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
+
+    def apply_gradients(self, *, grads, **kwargs):
+        new = super().apply_gradients(grads=grads, **kwargs)
+        if self.ema_params is None:
+            return new
+        # The decay ramps up as (1 + t) / (10 + t), so that early averages forget the init.
+        decay = jnp.minimum(self.ema_decay, (1.0 + self.step) / (10.0 + self.step))
+        return new.replace(
+            ema_params=optax.incremental_update(new.params, self.ema_params, 1.0 - decay)
+        )
+
+    @property
+    def eval_params(self):
+        return self.params if self.ema_params is None else self.ema_params
 
 
-def create_train_state(task: Task, tx: optax.GradientTransformation, init_key, dropout_key):
+def create_train_state(
+    task: Task, tx: optax.GradientTransformation, init_key, dropout_key, ema_decay: float = 0.0
+):
     variables = task.model.init(init_key, task.model_inputs(task.example_batch), train=False)
     return TrainState.create(
         apply_fn=task.model.apply,
@@ -38,13 +58,18 @@ def create_train_state(task: Task, tx: optax.GradientTransformation, init_key, d
         tx=tx,
         batch_stats=variables.get("batch_stats", {}),
         rng=jax.random.key_data(dropout_key),
+        ema_params=jax.tree.map(jnp.copy, variables["params"]) if ema_decay else None,
+        ema_decay=ema_decay,
     )
 
 
-def abstract_train_state(task: Task, tx: optax.GradientTransformation, mesh):
+def abstract_train_state(
+    task: Task, tx: optax.GradientTransformation, mesh, ema_decay: float = 0.0
+):
     """The training state's shapes, dtypes and (replicated) shardings, computing nothing."""
     keys = jax.random.split(jax.random.key(0))
-    abstract = jax.eval_shape(functools.partial(create_train_state, task, tx), keys[0], keys[1])
+    create = functools.partial(create_train_state, task, tx, ema_decay=ema_decay)
+    abstract = jax.eval_shape(create, keys[0], keys[1])
     sharding = parallel.replicated(mesh)
     return jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract
@@ -92,7 +117,10 @@ def eval_step(state: TrainState, batch, *, task: Task):
     eval_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 2**32 - 1)
     latent_key = jax.random.fold_in(eval_key, batch["index"][0])
     outputs = task.model.apply(
-        _variables(state), task.model_inputs(batch), train=False, rngs={"latent": latent_key}
+        _variables(state, state.eval_params),
+        task.model_inputs(batch),
+        train=False,
+        rngs={"latent": latent_key},
     )
     return {**task.eval_outputs_fn(outputs, batch), "valid": batch["valid"]}
 
@@ -126,6 +154,8 @@ def _check_trainer(config: ml_collections.ConfigDict, task: Task) -> None:
     ):
         if trainer[name] <= 0:
             raise ConfigError(f"trainer.{name}={trainer[name]} must be a positive integer")
+    if not 0.0 <= trainer.ema_decay < 1.0:
+        raise ConfigError(f"trainer.ema_decay={trainer.ema_decay} must be in [0, 1); 0 is off")
 
 
 def _prepare_workdir(workdir: str) -> None:
@@ -173,8 +203,8 @@ def train_and_evaluate(
 
     mesh = parallel.data_mesh()
     init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
-    create = functools.partial(create_train_state, task, tx)
-    abstract_state = abstract_train_state(task, tx, mesh)
+    create = functools.partial(create_train_state, task, tx, ema_decay=trainer.ema_decay)
+    abstract_state = abstract_train_state(task, tx, mesh, trainer.ema_decay)
     ckpts = checkpoint.Checkpoints(checkpoint_dir, max_to_keep=trainer.max_checkpoints_to_keep)
     restored = ckpts.restore_latest(abstract_state)
     if restored:
@@ -209,7 +239,9 @@ def _test_and_report(config, task, best_state, last_step, workdir, writer, mesh)
     writer.write_scalars(best_step, {f"test/{k}": v for k, v in test_metrics.items()})
     writer.flush()
     if jax.process_index() == 0:
-        images = task.write_outputs(workdir, "test", gathered, _variables(best_state))
+        images = task.write_outputs(
+            workdir, "test", gathered, _variables(best_state, best_state.eval_params)
+        )
         if images:
             writer.write_images(best_step, images)
         report.write(

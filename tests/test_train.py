@@ -21,7 +21,8 @@ def _lines(workdir):
 def _latest_params(workdir, config):
     task = build_task(config)
     tx, _ = optim.create_optimizer(config.optimizer, config.trainer.num_train_steps)
-    abstract = train.abstract_train_state(task, tx, parallel.data_mesh())
+    mesh = parallel.data_mesh()
+    abstract = train.abstract_train_state(task, tx, mesh, config.trainer.ema_decay)
     ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), max_to_keep=2)
     state, progress = ckpts.restore_latest(abstract)
     ckpts.close()
@@ -135,3 +136,30 @@ def test_overfits_a_tiny_batch(tiny_config):
         state, scalars = train.train_step(state, batch, task=task)
         losses.append(float(scalars["loss"]))
     assert losses[-1] < 0.05 < losses[0]
+
+
+def test_ema_follows_its_closed_form(tiny_config):
+    task = build_task(tiny_config)
+    tx, _ = optim.create_optimizer(tiny_config.optimizer, 100)
+    keys = jax.random.split(jax.random.key(0))
+    state = train.create_train_state(task, tx, *keys, ema_decay=0.5)
+    batches = task.train_batches(0)
+
+    def flat(tree):
+        return np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
+
+    expected = flat(state.params)
+    for step in range(3):
+        state, _ = train.train_step(state, next(batches), task=task)
+        decay = min(0.5, (1 + step) / (10 + step))
+        expected = decay * expected + (1 - decay) * flat(state.params)
+    np.testing.assert_allclose(flat(state.ema_params), expected, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(flat(state.ema_params), flat(state.params))
+    assert state.eval_params is state.ema_params
+
+
+def test_ema_run_evaluates_and_resumes_the_average(tiny_config, tmp_path):
+    tiny_config.trainer.ema_decay = 0.9
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+    state, progress = _latest_params(str(tmp_path), tiny_config)
+    assert progress["finished"] and state.ema_params is not None
