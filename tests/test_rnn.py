@@ -159,7 +159,9 @@ def np_grud(p, x, m, d, x_mean, no_decay=False):
 
 
 def rnn_inputs(batch):
-    return np.concatenate([np64(batch[k]) for k in FLOATS], -1)
+    """GRU and LSTM inputs: values, mask and log1p of the hours since the last observation."""
+    values, mask, delta = (np64(batch[k]) for k in FLOATS)
+    return np.concatenate([values, mask, np.log1p(delta)], -1)
 
 
 def np_bigru(p, x, lengths):

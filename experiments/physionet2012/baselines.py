@@ -1,0 +1,73 @@
+"""Non-sequential reference models on the splits the RNN configs use: how high can AUROC go?
+
+  python experiments/physionet2012/baselines.py --data_dir=../shared/data/physionet2012 \
+      --seeds=0,1,2
+
+For each split seed (config.data.seed of configs/ehr_physionet.py) it loads the same train/val/
+test split with the same training-only normalisation, summarises each stay per variable (mean,
+min, max, first and last value, log count of observations) plus the static descriptors, and fits
+logistic regression and gradient-boosted trees (scikit-learn, from the test extras) on training
+stays only. It prints val and test AUROC per seed and their means.
+"""
+
+import numpy as np
+from absl import app, flags
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+
+from configs import ehr_physionet
+from medjax import metrics
+from medjax.data import ehr
+
+flags.DEFINE_string("data_dir", None, "Folder with set-a.tar.gz (or set-a/) and Outcomes-a.txt.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Split seeds (config.data.seed).")
+FLAGS = flags.FLAGS
+
+MODELS = {
+    "logistic regression": lambda: LogisticRegression(C=0.05, max_iter=2000),
+    "gradient-boosted trees": lambda: HistGradientBoostingClassifier(
+        max_iter=300, learning_rate=0.05, max_leaf_nodes=15, random_state=0
+    ),
+}
+
+
+def summary_features(split: dict[str, np.ndarray]) -> np.ndarray:
+    """[N, 6V + S]: per variable mean, min, max, first, last (0 if never seen), log1p(count)."""
+    values, mask = split["values"], split["mask"] > 0
+    count = mask.sum(1)
+    seen = count > 0
+    mean = np.where(mask, values, 0).sum(1) / np.maximum(count, 1)
+    low = np.where(seen, np.where(mask, values, np.inf).min(1), 0)
+    high = np.where(seen, np.where(mask, values, -np.inf).max(1), 0)
+    steps = np.arange(values.shape[1])[None, :, None]
+    first_step = np.where(mask, steps, values.shape[1] - 1).min(1)
+    last_step = np.where(mask, steps, 0).max(1)
+    first = np.where(seen, np.take_along_axis(values, first_step[:, None], 1)[:, 0], 0)
+    last = np.where(seen, np.take_along_axis(values, last_step[:, None], 1)[:, 0], 0)
+    return np.concatenate([mean, low, high, first, last, np.log1p(count), split["static"]], 1)
+
+
+def main(argv):
+    del argv
+    results = {name: [] for name in MODELS}
+    for seed in map(int, FLAGS.seeds):
+        config = ehr_physionet.get_config()
+        config.data.dir, config.data.seed = FLAGS.data_dir, seed
+        splits = ehr.load(config.data).splits
+        features = {name: summary_features(split) for name, split in splits.items()}
+        for name, make in MODELS.items():
+            model = make().fit(features["train"], splits["train"]["labels"])
+            val, test = (
+                metrics.roc_auc(splits[s]["labels"], model.predict_proba(features[s])[:, 1])
+                for s in ("val", "test")
+            )
+            results[name].append((val, test))
+            print(f"seed {seed} {name}: val AUROC {val:.3f}, test AUROC {test:.3f}")
+    for name, pairs in results.items():
+        val, test = np.mean(pairs, axis=0)
+        print(f"mean over seeds {','.join(FLAGS.seeds)}, {name}: val {val:.3f}, test {test:.3f}")
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("data_dir")
+    app.run(main)
