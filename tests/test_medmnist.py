@@ -244,3 +244,13 @@ def test_tfds_builder_matches_the_npz(tmp_path):
     np.testing.assert_array_equal(np.sort(labels), np.sort(arrays["test_labels"].reshape(-1)))
     assert images.shape == (12, 28, 28, 3) and images.dtype == np.uint8
     assert builder.info.features["label"].names[4] == "melanoma"
+
+
+def test_multilabel_selection_metrics_are_ones_it_computes(tmp_path):
+    from medjax.tasks import build_task
+
+    write_npz(tmp_path, "chestmnist")
+    task = build_task(tiny_medmnist("chestmnist", tmp_path))
+    rng = np.random.default_rng(0)
+    gathered = {"label": rng.integers(0, 2, (30, 14)), "probs": rng.random((30, 14))}
+    assert set(task.selection_metrics) <= set(task.compute_metrics(gathered))

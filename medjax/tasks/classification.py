@@ -77,7 +77,8 @@ def build(config: ml_collections.ConfigDict) -> Task:
         write_outputs=write_outputs,
         description=f"{dataset.description}; model {config.model.name} "
         f"(width {config.model.width}, {config.model.norm} norm)",
-        selection_metrics=("auroc", "auprc", "accuracy", "balanced_accuracy", "loss", "ece"),
+        selection_metrics=("auroc", "auprc", "accuracy", "loss")
+        + (("brier",) if dataset.multilabel else ("balanced_accuracy", "ece")),
     )
 
 
