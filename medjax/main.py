@@ -12,6 +12,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from medjax.errors import ConfigError
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics, plots and the report.")
@@ -33,7 +35,17 @@ def parse_flags(argv: list[str]) -> list[str]:
             "configs/default.py (check the spelling)"
         )
     except (flags.Error, OSError, TypeError, ValueError) as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {_config_error_in(e) or e}")
+
+
+def _config_error_in(error: BaseException | None) -> ConfigError | None:
+    """The ConfigError a config file raised, under the wrappers ml_collections and absl add
+    (the innermost one: ml_collections re-raises it with its traceback as the message)."""
+    found = None
+    while error is not None:
+        found = error if isinstance(error, ConfigError) else found
+        error = error.__cause__ or error.__context__
+    return found
 
 
 def main(argv):
@@ -43,7 +55,6 @@ def main(argv):
 
     tf.config.set_visible_devices([], "GPU")  # tf.data only; the accelerators are JAX's
     from medjax import train
-    from medjax.errors import ConfigError
 
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir, train=FLAGS.mode == "train")

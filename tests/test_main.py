@@ -34,6 +34,15 @@ def _run(*args):
             ["--config=configs/ct_cnn.py", "--config.trainer.batch_size=0"],
             "trainer.batch_size=0 does not divide evenly",
         ),
+        (["--config=configs/medmnist.py:foomnist"], "unknown MedMNIST dataset 'foomnist'"),
+        (
+            [
+                "--config=configs/medmnist.py",
+                "--config.data.dir=no_such_dir",
+                "--config.data.download=false",
+            ],
+            "breastmnist.npz not found in",
+        ),  # fmt: skip
     ],
 )
 def test_bad_input_is_reported_plainly_and_writes_nothing(tmp_path, args, message):
