@@ -50,6 +50,7 @@ def medmnist_dataset(data: ml_collections.ConfigDict) -> ImageDataset:
         )
     splits = medmnist.read(data.dir, data.name, download=data.download)
 
+    @functools.cache  # the ids are built once per split, as the ImageDataset contract says
     def load_split(split):
         arrays = splits[split]
         ids = np.array([f"{data.name}-{split}-{i}" for i in range(len(arrays["labels"]))])
