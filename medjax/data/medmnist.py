@@ -189,7 +189,7 @@ def parse_name(name: str) -> tuple[str, int]:
 
 
 def file_name(name: str) -> str:
-    parse_name(name)
+    """The official file of a (valid) dataset name: `pneumoniamnist_64.npz`."""
     return f"{name}.npz"
 
 
