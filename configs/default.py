@@ -11,10 +11,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0  # every random choice of training derives from it (init, dropout, order)
     config.task = "classification"  # medjax.tasks.TASKS: classification, ehr or vae
     config.dtype = "float32"  # compute dtype: float32 or bfloat16 (parameters stay float32)
+    config.parallel = "jit"  # jit (sharded global arrays) or pmap (classic, replicated state)
 
     config.trainer = trainer = ml_collections.ConfigDict()
     trainer.num_train_steps = 1000
     trainer.batch_size = 64  # global, over all devices
+    trainer.accumulation_steps = 1  # micro-batches of batch_size / K, one optimiser step
     trainer.eval_batch_size = 256  # global; the last batch is padded and masked
     trainer.log_every_steps = 50
     trainer.eval_every_steps = 200  # validation, best checkpoint, early stopping

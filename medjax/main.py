@@ -5,6 +5,10 @@
 
 `train` trains (or resumes, or on a finished workdir re-evaluates) and writes the outputs;
 `evaluate` evaluates the workdir's best checkpoint on the test split without training.
+
+Every device is used. On several hosts, run the same command in every process with
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I`, or with none of them where
+SLURM (srun), Open MPI or a Cloud TPU VM launched the processes.
 """
 
 import sys
@@ -18,6 +22,9 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics, plots and the report.")
 flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "What to do with the workdir.")
+flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (several hosts).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (several hosts).")
+flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -54,9 +61,10 @@ def main(argv):
     import tensorflow as tf  # imported here so that --help stays fast
 
     tf.config.set_visible_devices([], "GPU")  # tf.data only; the accelerators are JAX's
-    from medjax import train
+    from medjax import parallel, train
 
     try:
+        parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir, train=FLAGS.mode == "train")
     except ConfigError as e:
         logging.error("%s", e)

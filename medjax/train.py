@@ -83,30 +83,81 @@ def _variables(state: TrainState, params=None) -> dict:
     return variables
 
 
-@functools.partial(jax.jit, static_argnames="task", donate_argnames="state")
-def train_step(state: TrainState, batch, *, task: Task):
-    """One optimiser step on a global batch; returns the new state and health scalars."""
+def _train_step(state: TrainState, batch, *, task: Task, accumulation_steps: int, axis_name):
+    """The body shared by the jit and pmap steps: one optimiser step on a batch.
+
+    Gradients are averaged over `accumulation_steps` micro-batches (every K-th row, so that
+    each device's rows split evenly) and, under pmap (`axis_name`), over devices, with the batch
+    statistics. The result is the step on the whole batch, except that batch norm normalises
+    each micro-batch on its own.
+    """
     dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    rngs = {"dropout": dropout_key, "latent": jax.random.fold_in(dropout_key, 1)}
+    if axis_name:  # each device's part of the batch gets its own dropout masks and samples
+        dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
 
-    def loss_of(params):
-        outputs, updates = task.model.apply(
-            _variables(state, params),
-            task.model_inputs(batch),
-            train=True,
-            rngs=rngs,
-            mutable=["batch_stats"],
+    def loss_and_grads(batch_stats, micro_batch, key):
+        def loss_of(params):
+            outputs, updates = task.model.apply(
+                {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})},
+                task.model_inputs(micro_batch),
+                train=True,
+                rngs={"dropout": key, "latent": jax.random.fold_in(key, 1)},
+                mutable=["batch_stats"],
+            )
+            return task.loss_fn(outputs, micro_batch, state.step), updates.get("batch_stats", {})
+
+        (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+        return loss, grads, batch_stats
+
+    if accumulation_steps == 1:
+        loss, grads, batch_stats = loss_and_grads(state.batch_stats, batch, dropout_key)
+    else:
+        micro_batches = jax.tree.map(
+            lambda x: x.reshape(-1, accumulation_steps, *x.shape[1:]).swapaxes(0, 1), batch
         )
-        return task.loss_fn(outputs, batch, state.step), updates
 
-    (loss, updates), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
+        def accumulate(carry, micro):
+            micro_batch, k = micro
+            batch_stats, loss_sum, grad_sum = carry
+            key = jax.random.fold_in(dropout_key, 2 + k)  # 0 and 1 name no micro-batch
+            loss, grads, batch_stats = loss_and_grads(batch_stats, micro_batch, key)
+            return (batch_stats, loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        carry = (state.batch_stats, jnp.zeros(()), zeros)
+        (batch_stats, loss, grads), _ = jax.lax.scan(
+            accumulate, carry, (micro_batches, jnp.arange(accumulation_steps))
+        )
+        loss, grads = jax.tree.map(lambda x: x / accumulation_steps, (loss, grads))
+    if axis_name:
+        loss, grads, batch_stats = jax.lax.pmean((loss, grads, batch_stats), axis_name)
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     scalars = {
         "loss": loss,
         "l2_grads": optax.global_norm(grads),
         "l2_params": optax.global_norm(state.params),
     }
     return state, scalars
+
+
+@functools.partial(jax.jit, static_argnames=("task", "accumulation_steps"), donate_argnames="state")
+def train_step(state: TrainState, batch, *, task: Task, accumulation_steps: int = 1):
+    """One optimiser step on a global batch sharded over the mesh: XLA inserts the reductions.
+    Returns the new state and health scalars."""
+    return _train_step(
+        state, batch, task=task, accumulation_steps=accumulation_steps, axis_name=None
+    )
+
+
+@functools.cache
+def pmap_train_step(task: Task, accumulation_steps: int = 1):
+    """`train_step` as a classic `jax.pmap` over this process's devices, on state laid out by
+    `parallel.to_pmap` and batches by `parallel.split_local`; gradients, loss and batch
+    statistics are averaged over all devices (`lax.pmean`). Evaluation uses `eval_step`."""
+    step = functools.partial(
+        _train_step, task=task, accumulation_steps=accumulation_steps, axis_name=parallel.AXIS
+    )
+    return jax.pmap(step, axis_name=parallel.AXIS, donate_argnums=0)
 
 
 @functools.partial(jax.jit, static_argnames="task")
@@ -135,15 +186,26 @@ def evaluate(state: TrainState, task: Task, split: str, mesh) -> tuple[dict, dic
     return task.compute_metrics(gathered), gathered
 
 
+PARALLEL = ("jit", "pmap")
+
+
 def _check_trainer(config: ml_collections.ConfigDict, task: Task) -> None:
     trainer = config.trainer
-    parallel.check_batch_size("trainer.batch_size", trainer.batch_size)
+    if trainer.accumulation_steps <= 0:
+        raise ConfigError(
+            f"trainer.accumulation_steps={trainer.accumulation_steps} must be a positive integer"
+        )
+    parallel.check_batch_size(
+        "trainer.batch_size", trainer.batch_size, multiple_of=trainer.accumulation_steps
+    )
     parallel.check_batch_size("trainer.eval_batch_size", trainer.eval_batch_size)
     if trainer.selection_metric not in task.selection_metrics:
         raise ConfigError(
             f"trainer.selection_metric={trainer.selection_metric!r} is not a validation "
             f"metric of this task; valid: {', '.join(task.selection_metrics)}"
         )
+    if config.parallel not in PARALLEL:
+        raise ConfigError(f"parallel={config.parallel!r}; valid: {', '.join(PARALLEL)}")
     if trainer.selection_mode not in ("max", "min"):
         raise ConfigError(f"trainer.selection_mode={trainer.selection_mode!r}; use max or min")
     for name in (
@@ -163,7 +225,7 @@ def _prepare_workdir(workdir: str) -> None:
     try:
         for sub in ("", "plots", "predictions"):
             os.makedirs(os.path.join(workdir, sub), exist_ok=True)
-        probe = os.path.join(workdir, ".write_test")
+        probe = os.path.join(workdir, f".write_test{jax.process_index()}")
         with open(probe, "w"):
             pass
         os.remove(probe)
@@ -216,7 +278,10 @@ def train_and_evaluate(
         state = jax.jit(create, out_shardings=parallel.replicated(mesh))(init_key, dropout_key)
         progress = {"best_metric": None, "best_step": None, "evals_since_best": 0}
         progress["finished"] = False
-    elapsed = writers.keep_metrics_up_to(os.path.join(workdir, "metrics.jsonl"), int(state.step))
+    elapsed = 0.0
+    if jax.process_index() == 0:
+        metrics_path = os.path.join(workdir, "metrics.jsonl")
+        elapsed = writers.keep_metrics_up_to(metrics_path, int(state.step))
     writer = writers.create_writer(workdir, time.time() - elapsed)
 
     if progress["finished"] or not train:
@@ -262,6 +327,8 @@ def _train(config, task, state, progress, schedule, ckpts, writer, mesh):
     trainer = config.trainer
     step = int(state.step)
     batches = task.train_batches(step)
+    to_loop, train_on, from_loop = _stepper(config, task, mesh)
+    state = to_loop(state)
     report_progress = periodic_actions.ReportProgress(
         num_train_steps=trainer.num_train_steps, every_steps=trainer.log_every_steps
     )
@@ -269,8 +336,7 @@ def _train(config, task, state, progress, schedule, ckpts, writer, mesh):
     stop = False
     while step < trainer.num_train_steps and not stop:
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
-            batch = parallel.shard_batch(next(batches), mesh)
-            state, scalars = train_step(state, batch, task=task)
+            state, scalars = train_on(state, next(batches))
         step += 1
         logged.append(scalars)
         report_progress(step)
@@ -283,12 +349,12 @@ def _train(config, task, state, progress, schedule, ckpts, writer, mesh):
             writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
             logged, log_start, log_start_step = [], time.time(), step
         if step % trainer.eval_every_steps == 0 or last:
-            val_metrics, _ = evaluate(state, task, "val", mesh)
+            val_metrics, _ = evaluate(from_loop(state), task, "val", mesh)
             writer.write_scalars(step, {f"val/{k}": v for k, v in val_metrics.items()})
             value = val_metrics[trainer.selection_metric]
             if _improved(value, progress["best_metric"], trainer.selection_mode):
                 progress.update(best_metric=value, best_step=step, evals_since_best=0)
-                ckpts.save_best(step, state, progress)
+                ckpts.save_best(step, from_loop(state), progress)
             else:
                 progress["evals_since_best"] += 1
             patience = trainer.early_stopping_patience
@@ -302,6 +368,26 @@ def _train(config, task, state, progress, schedule, ckpts, writer, mesh):
                 stop = True
         if step % trainer.checkpoint_every_steps == 0 or last or stop:
             progress["finished"] = last or stop
-            ckpts.save_latest(step, state, progress)
+            ckpts.save_latest(step, from_loop(state), progress)
     writer.flush()
-    return state, progress
+    return from_loop(state), progress
+
+
+def _stepper(config, task, mesh):
+    """(to_loop, train_on, from_loop): the training loop's layout of the state, one step on
+    this process's numpy batch, and the state back in the replicated layout of the rest."""
+    accumulation_steps = config.trainer.accumulation_steps
+    if config.parallel == "jit":
+
+        def train_on(state, batch):
+            batch = parallel.shard_batch(batch, mesh)
+            return train_step(state, batch, task=task, accumulation_steps=accumulation_steps)
+
+        return (lambda state: state), train_on, (lambda state: state)
+    step = pmap_train_step(task, accumulation_steps)
+
+    def train_on(state, batch):
+        state, scalars = step(state, parallel.split_local(batch))
+        return state, parallel.first_replica(scalars)
+
+    return parallel.to_pmap, train_on, functools.partial(parallel.from_pmap, mesh=mesh)

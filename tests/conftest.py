@@ -42,6 +42,17 @@ def tiny_config(tiny):
     return tiny("ct_cnn")
 
 
+@pytest.fixture(scope="session")
+def host_devices_env():
+    """host_devices_env(n): the environment of a subprocess that sees n CPU devices."""
+    return lambda n: {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "JAX_PLATFORMS": "cpu",
+    }
+
+
 @pytest.fixture
 def x64():
     """float64 for gradient checks, restored afterwards."""

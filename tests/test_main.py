@@ -36,6 +36,10 @@ def _run(*args):
         ),
         (["--config=configs/medmnist.py:foomnist"], "unknown MedMNIST dataset 'foomnist'"),
         (
+            ["--config=configs/ct_cnn.py", "--num_processes=2"],
+            "--coordinator_address, --num_processes and --process_id go together",
+        ),
+        (
             [
                 "--config=configs/medmnist.py",
                 "--config.data.dir=no_such_dir",

@@ -38,21 +38,23 @@ def _conv(features: int, kernel: int, strides: int, ndim: int, dtype: Any, name:
     )
 
 
-def _norm(kind: str, features: int, train: bool, dtype: Any, name: str) -> nn.Module:
-    """Batch norm (momentum 0.9, eps 1e-5) or group norm with gcd(32, features) groups."""
-    if kind == "batch":
+def _norm(module: nn.Module, features: int, train: bool, name: str) -> nn.Module:
+    """`module.norm`: batch norm (momentum 0.9, eps 1e-5; statistics over the devices of
+    `module.norm_axis_name` too, if set) or group norm with gcd(32, features) groups."""
+    if module.norm == "batch":
         return nn.BatchNorm(
             use_running_average=not train,
             momentum=0.9,
             epsilon=1e-5,
-            dtype=dtype,
+            dtype=module.dtype,
             param_dtype=jnp.float32,
+            axis_name=module.norm_axis_name if train else None,
             name=name,
         )
     return nn.GroupNorm(
         num_groups=math.gcd(32, features),
         epsilon=1e-5,
-        dtype=dtype,
+        dtype=module.dtype,
         param_dtype=jnp.float32,
         name=name,
     )
@@ -64,7 +66,7 @@ def _shortcut(block: nn.Module, x, shape: tuple[int, ...], train: bool):
         return x
     ndim, f = x.ndim - 2, shape[-1]
     x = _conv(f, 1, block.strides, ndim, block.dtype, "conv_proj")(x)
-    return _norm(block.norm, f, train, block.dtype, "norm_proj")(x)
+    return _norm(block, f, train, "norm_proj")(x)
 
 
 class BasicBlock(nn.Module):
@@ -74,14 +76,15 @@ class BasicBlock(nn.Module):
     strides: int = 1
     norm: str = "batch"
     dtype: Any = jnp.float32
+    norm_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x, *, train: bool):
         ndim, f = x.ndim - 2, self.features
         y = _conv(f, 3, self.strides, ndim, self.dtype, "conv1")(x)
-        y = nn.relu(_norm(self.norm, f, train, self.dtype, "norm1")(y))
+        y = nn.relu(_norm(self, f, train, "norm1")(y))
         y = _conv(f, 3, 1, ndim, self.dtype, "conv2")(y)
-        y = _norm(self.norm, f, train, self.dtype, "norm2")(y)
+        y = _norm(self, f, train, "norm2")(y)
         return nn.relu(y + _shortcut(self, x, y.shape, train))
 
 
@@ -92,16 +95,17 @@ class BottleneckBlock(nn.Module):
     strides: int = 1
     norm: str = "batch"
     dtype: Any = jnp.float32
+    norm_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x, *, train: bool):
         ndim, f = x.ndim - 2, self.features
         y = _conv(f, 1, 1, ndim, self.dtype, "conv1")(x)
-        y = nn.relu(_norm(self.norm, f, train, self.dtype, "norm1")(y))
+        y = nn.relu(_norm(self, f, train, "norm1")(y))
         y = _conv(f, 3, self.strides, ndim, self.dtype, "conv2")(y)
-        y = nn.relu(_norm(self.norm, f, train, self.dtype, "norm2")(y))
+        y = nn.relu(_norm(self, f, train, "norm2")(y))
         y = _conv(4 * f, 1, 1, ndim, self.dtype, "conv3")(y)
-        y = _norm(self.norm, 4 * f, train, self.dtype, "norm3")(y)
+        y = _norm(self, 4 * f, train, "norm3")(y)
         return nn.relu(y + _shortcut(self, x, y.shape, train))
 
 
@@ -118,6 +122,8 @@ class ResNet(nn.Module):
         torchvision's 7x7 stride-2 conv and 3x3 stride-2 max-pool.
       dropout_rate: dropout on the pooled features before the head (rng name 'dropout').
       dtype: compute dtype; parameters stay float32.
+      norm_axis_name: under pmap, the axis over which batch norm also pools its statistics
+        in training (synchronised batch norm); None: within the device's batch only.
     """
 
     stage_sizes: Sequence[int]
@@ -128,6 +134,7 @@ class ResNet(nn.Module):
     small_input: bool = False
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
+    norm_axis_name: str | None = None
 
     def __post_init__(self):
         if self.norm not in NORMS:
@@ -140,14 +147,19 @@ class ResNet(nn.Module):
         widths = [max(1, round(64 * 2**i * self.width)) for i in range(len(self.stage_sizes))]
         kernel, strides = (3, 1) if self.small_input else (7, 2)
         x = _conv(widths[0], kernel, strides, ndim, self.dtype, "stem_conv")(x)
-        x = nn.relu(_norm(self.norm, widths[0], train, self.dtype, "stem_norm")(x))
+        x = nn.relu(_norm(self, widths[0], train, "stem_norm")(x))
         if not self.small_input:
             x = nn.max_pool(x, (3,) * ndim, strides=(2,) * ndim, padding=((1, 1),) * ndim)
         for i, (size, features) in enumerate(zip(self.stage_sizes, widths, strict=True)):
             for j in range(size):
                 strides = 2 if i > 0 and j == 0 else 1
                 block = self.block(
-                    features, strides, self.norm, self.dtype, name=f"stage{i}_block{j}"
+                    features,
+                    strides,
+                    self.norm,
+                    self.dtype,
+                    self.norm_axis_name,
+                    name=f"stage{i}_block{j}",
                 )
                 x = block(x, train=train)
         x = jnp.mean(x, axis=tuple(range(1, ndim + 1)))

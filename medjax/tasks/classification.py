@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from medjax import losses, metrics, plots
+from medjax import losses, metrics, parallel, plots
 from medjax.data import image_dataset, pipeline, transforms
 from medjax.errors import ConfigError
 from medjax.models import cnn
@@ -26,6 +26,8 @@ def build(config: ml_collections.ConfigDict) -> Task:
             small_input=config.model.small_input,
             dropout_rate=config.model.dropout_rate,
             dtype=compute_dtype(config),
+            # Under pmap, batch norm pools its statistics over devices, as jit's global batch.
+            norm_axis_name=parallel.AXIS if config.parallel == "pmap" else None,
         )
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
