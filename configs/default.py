@@ -25,6 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     trainer.selection_metric = "auroc"  # validation metric for the best checkpoint
     trainer.selection_mode = "max"  # max or min
     trainer.early_stopping_patience = 0  # evaluations without improvement; 0: never stop early
+    trainer.on_nonfinite = "stop"  # a NaN/Inf loss or gradient: stop, or skip the update
     trainer.ema_decay = 0.0  # > 0: evaluate (and keep as best) a moving average of the weights
 
     config.optimizer = opt = ml_collections.ConfigDict()

@@ -2,16 +2,23 @@
 
 `checkpoints/latest/<step>` and `checkpoints/best/<step>` each hold the whole training state
 (params, batch statistics, optimiser state, step, rng) and `progress`, the trainer's JSON
-bookkeeping (early stopping, finished). Orbax writes each checkpoint to a temporary folder and
-renames it when complete, so an interrupted save is never read: the previous one is used.
+bookkeeping (early stopping, finished, fingerprint). Orbax writes each checkpoint to a
+temporary folder and renames it when complete, so an interrupted save is never read: the
+previous one is used, and the leftover folder is removed when the run starts again.
 """
 
 import contextlib
+import errno
+import glob
 import os
+import shutil
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from absl import logging
+
+from medjax.errors import ConfigError
 
 
 class Checkpoints:
@@ -20,13 +27,20 @@ class Checkpoints:
 
         def manager(name, keep):
             options = ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, enable_async_checkpointing=False
+                max_to_keep=keep,
+                create=True,
+                enable_async_checkpointing=False,
+                cleanup_tmp_directories=True,
             )
             with _quiet():
                 return ocp.CheckpointManager(os.path.join(directory, name), options=options)
 
+        self.directory = directory
         self._latest = manager("latest", max_to_keep)
         self._best = manager("best", 1)
+
+    def latest_step(self) -> int | None:
+        return self._latest.latest_step()
 
     def save_latest(self, step: int, state: Any, progress: dict) -> None:
         _save(self._latest, step, state, progress)
@@ -59,21 +73,35 @@ def _quiet():
 
 
 def _save(manager: ocp.CheckpointManager, step: int, state: Any, progress: dict) -> None:
-    if manager.latest_step() == step:
+    previous = manager.latest_step()
+    if previous == step:
         return
-    with _quiet():
-        manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)
-            ),
-        )
+    try:
+        with _quiet():
+            manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)
+                ),
+            )
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        for partial in glob.glob(os.path.join(manager.directory, f"{step}.orbax-checkpoint-tmp*")):
+            shutil.rmtree(partial, ignore_errors=True)
+        kept = f"; the checkpoint of step {previous} is intact" if previous is not None else ""
+        raise ConfigError(
+            f"no space left on the device while saving the checkpoint of step {step} in "
+            f"{manager.directory}{kept}. Free some space, or move the workdir to a disk with "
+            "room, and run the same command again"
+        ) from None
 
 
 def _restore(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple[Any, dict] | None:
     step = manager.latest_step()
     if step is None:
         return None
+    _check_shapes(os.path.join(manager.directory, str(step), "state"), abstract_state)
     with _quiet():
         restored = manager.restore(
             step,
@@ -82,3 +110,31 @@ def _restore(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple[Any, 
             ),
         )
     return restored.state, restored.progress
+
+
+def _check_shapes(path: str, abstract_state: Any) -> None:
+    """Raises ConfigError naming the parameters whose shapes differ from the checkpoint's."""
+    stored = ocp.StandardCheckpointer().metadata(path).item_metadata.tree
+
+    def shapes(tree):
+        flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+        return {jax.tree_util.keystr(k, simple=True, separator="/"): x.shape for k, x in flat}
+
+    ours, theirs = {}, {}
+    for name in ("params", "batch_stats"):
+        ours |= {f"{name}/{k}": v for k, v in shapes(getattr(abstract_state, name)).items()}
+        theirs |= {f"{name}/{k}": tuple(v) for k, v in shapes(stored.get(name, {})).items()}
+    differ = sorted(
+        (k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k)),
+        key=lambda k: (k.startswith("batch_stats"), k),
+    )
+    if differ:
+        shown = "; ".join(
+            f"{k}: checkpoint {theirs.get(k, 'absent')}, config {ours.get(k, 'absent')}"
+            for k in differ[:5]
+        )
+        more = f" (and {len(differ) - 5} more)" if len(differ) > 5 else ""
+        raise ConfigError(
+            f"the checkpoint in {os.path.dirname(os.path.dirname(path))} holds a different model:"
+            f" {shown}{more}; train this config in a new --workdir"
+        )

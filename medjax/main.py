@@ -13,15 +13,21 @@ SLURM (srun), Open MPI or a Cloud TPU VM launched the processes.
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from medjax.errors import ConfigError
+from medjax.errors import ConfigError, NonFiniteError, Preempted
+
+PREEMPTED_EXIT_STATUS = 143  # 128 + SIGTERM, what the signal would have given
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics, plots and the report.")
 flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "What to do with the workdir.")
+flags.DEFINE_bool(
+    "allow_config_change", False, "Resume although the config or data differ from the checkpoint's."
+)
+flags.DEFINE_bool("debug", False, "Show the traceback of an error medjax reports in one line.")
 flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (several hosts).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (several hosts).")
 flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
@@ -65,10 +71,17 @@ def main(argv):
 
     try:
         parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-        train.train_and_evaluate(FLAGS.config, FLAGS.workdir, train=FLAGS.mode == "train")
-    except ConfigError as e:
-        logging.error("%s", e)
-        sys.exit(f"error: {e}")
+        train.train_and_evaluate(
+            FLAGS.config,
+            FLAGS.workdir,
+            train=FLAGS.mode == "train",
+            allow_config_change=FLAGS.allow_config_change,
+        )
+    except (ConfigError, NonFiniteError, Preempted) as e:
+        if FLAGS.debug:
+            raise
+        print(f"{'preempted' if isinstance(e, Preempted) else 'error'}: {e}", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT_STATUS if isinstance(e, Preempted) else 1)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,11 @@ def gather(tree):
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
+def any_process(flag: bool) -> bool:
+    """Whether `flag` is set in any process (every process must call this together)."""
+    return bool(multihost_utils.process_allgather(np.array(flag)).any())
+
+
 # pmap's layout: a leading axis over this process's devices, one replica or batch part each.
 
 

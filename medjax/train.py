@@ -5,10 +5,13 @@ loop: jitted steps on a data-parallel mesh, periodic evaluation, checkpoints (la
 early stopping, and the final evaluation of the best checkpoint on the test split.
 """
 
+import contextlib
 import functools
 import json
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -20,10 +23,11 @@ import numpy as np
 import optax
 from absl import logging
 from clu import periodic_actions
+from flax import traverse_util
 from flax.training import train_state
 
 from medjax import checkpoint, metrics, optim, parallel, report, writers
-from medjax.errors import ConfigError
+from medjax.errors import ConfigError, NonFiniteError, Preempted
 from medjax.tasks import Task, build_task
 
 
@@ -131,11 +135,17 @@ def _train_step(state: TrainState, batch, *, task: Task, accumulation_steps: int
         loss, grads = jax.tree.map(lambda x: x / accumulation_steps, (loss, grads))
     if axis_name:
         loss, grads, batch_stats = jax.lax.pmean((loss, grads, batch_stats), axis_name)
-    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    l2_grads = optax.global_norm(grads)
+    # A non-finite loss or gradient leaves the state as it was, but for the step count.
+    finite = jnp.isfinite(loss) & jnp.isfinite(l2_grads)
+    updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    skipped = state.replace(step=state.step + 1)
+    state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, skipped)
     scalars = {
         "loss": loss,
-        "l2_grads": optax.global_norm(grads),
+        "l2_grads": l2_grads,
         "l2_params": optax.global_norm(state.params),
+        "nonfinite": 1 - finite.astype(jnp.int32),
     }
     return state, scalars
 
@@ -216,8 +226,28 @@ def _check_trainer(config: ml_collections.ConfigDict, task: Task) -> None:
     ):
         if trainer[name] <= 0:
             raise ConfigError(f"trainer.{name}={trainer[name]} must be a positive integer")
+    if trainer.on_nonfinite not in ("stop", "skip"):
+        raise ConfigError(f"trainer.on_nonfinite={trainer.on_nonfinite!r}; use stop or skip")
     if not 0.0 <= trainer.ema_decay < 1.0:
         raise ConfigError(f"trainer.ema_decay={trainer.ema_decay} must be in [0, 1); 0 is off")
+
+
+def _check_data(task: Task, batch_size: int) -> None:
+    """Reads the data (a bad file fails here, before the workdir is touched) and refuses an
+    empty split or a training split smaller than one batch."""
+    sizes = task.split_sizes()
+    for split, size in sizes.items():
+        if size == 0:
+            raise ConfigError(
+                f"the {split} split is empty; add data, or change the split sizes (data.num_"
+                f"{split} for synthetic data, data.val_fraction and data.test_fraction for real "
+                "data)"
+            )
+    if sizes["train"] < batch_size:
+        raise ConfigError(
+            f"the training split has {sizes['train']} examples, fewer than "
+            f"trainer.batch_size={batch_size}; lower trainer.batch_size or add data"
+        )
 
 
 def _prepare_workdir(workdir: str) -> None:
@@ -243,12 +273,17 @@ def _improved(value: float, best: float | None, mode: str) -> bool:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, *, train: bool = True
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    train: bool = True,
+    allow_config_change: bool = False,
 ) -> dict[str, float]:
     """Trains (or resumes) in `workdir`, then evaluates the best checkpoint on the test split.
 
     With `train=False`, only evaluates an existing workdir. Returns the test metrics. Bad input
-    raises ConfigError before anything is written.
+    raises ConfigError before anything is written, as does a config or data that differ from
+    the checkpoint's in a way that changes results, unless `allow_config_change`.
     """
     task = build_task(config)
     _check_trainer(config, task)
@@ -257,11 +292,9 @@ def train_and_evaluate(
     checkpoint_dir = os.path.join(workdir, "checkpoints")
     if not train and not os.path.isdir(checkpoint_dir):
         raise ConfigError(f"no checkpoint in {checkpoint_dir}; train first (--mode=train)")
+    _check_data(task, trainer.batch_size)
+    fingerprint = {"config": _results_config(config), "data": task.data_fingerprint()}
     _prepare_workdir(workdir)
-    if jax.process_index() == 0 and train:
-        writers.write_atomically(
-            os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2)
-        )
 
     mesh = parallel.data_mesh()
     init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
@@ -271,15 +304,23 @@ def train_and_evaluate(
     restored = ckpts.restore_latest(abstract_state)
     if restored:
         state, progress = restored
+        if "fingerprint" in progress:  # checkpoints written before fingerprints have none
+            _check_unchanged(progress["fingerprint"], fingerprint, workdir, allow_config_change)
+        progress.setdefault("skipped_steps", 0)
         logging.info("Resumed from step %d of %s", int(state.step), workdir)
     elif not train:
         raise ConfigError(f"no checkpoint in {checkpoint_dir}; train first (--mode=train)")
     else:
         state = jax.jit(create, out_shardings=parallel.replicated(mesh))(init_key, dropout_key)
         progress = {"best_metric": None, "best_step": None, "evals_since_best": 0}
-        progress["finished"] = False
+        progress |= {"finished": False, "skipped_steps": 0}
+    progress["fingerprint"] = fingerprint
     elapsed = 0.0
     if jax.process_index() == 0:
+        if train:
+            writers.write_atomically(
+                os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2)
+            )
         metrics_path = os.path.join(workdir, "metrics.jsonl")
         elapsed = writers.keep_metrics_up_to(metrics_path, int(state.step))
     writer = writers.create_writer(workdir, time.time() - elapsed)
@@ -294,6 +335,42 @@ def train_and_evaluate(
     return _test_and_report(
         config, task, best[0] if best else state, int(state.step), workdir, writer, mesh
     )
+
+
+# Keys that change no result: a run resumed with other values ends the same.
+RESULT_NEUTRAL_KEYS = (
+    "trainer.log_every_steps",
+    "trainer.checkpoint_every_steps",
+    "trainer.max_checkpoints_to_keep",
+    "data.dir",
+    "data.cache_dir",
+    "data.download",
+)
+
+
+def _results_config(config: ml_collections.ConfigDict) -> dict:
+    """The config's keys that decide results, flattened, as JSON stores them."""
+    flat = traverse_util.flatten_dict(config.to_dict(), sep=".")
+    kept = {k: v for k, v in flat.items() if k not in RESULT_NEUTRAL_KEYS}
+    return json.loads(json.dumps(kept))
+
+
+def _check_unchanged(saved: dict, current: dict, workdir: str, allow: bool) -> None:
+    """Refuses (unless `allow`) a config or data that differ from the checkpoint's."""
+    old, new = saved["config"], current["config"]
+    changes = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
+               if old.get(k) != new.get(k)]  # fmt: skip
+    if saved["data"] != current["data"]:
+        changes.append(f"the data (fingerprint {saved['data']} -> {current['data']})")
+    if not changes:
+        return
+    if not allow:
+        raise ConfigError(
+            f"the checkpoint in {workdir} was trained with another config; resuming would change "
+            f"the results: {'; '.join(changes)}. Use a new --workdir, or pass "
+            "--allow_config_change to go on anyway"
+        )
+    logging.warning("Going on with a changed config (--allow_config_change): %s", changes)
 
 
 def _test_and_report(config, task, best_state, last_step, workdir, writer, mesh):
@@ -332,45 +409,110 @@ def _train(config, task, state, progress, schedule, ckpts, writer, mesh):
     report_progress = periodic_actions.ReportProgress(
         num_train_steps=trainer.num_train_steps, every_steps=trainer.log_every_steps
     )
-    logged, log_start, log_start_step = [], time.time(), step
+    logged, unchecked, log_start, log_start_step = [], [], time.time(), step
     stop = False
-    while step < trainer.num_train_steps and not stop:
-        with jax.profiler.StepTraceAnnotation("train", step_num=step):
-            state, scalars = train_on(state, next(batches))
-        step += 1
-        logged.append(scalars)
-        report_progress(step)
-        last = step == trainer.num_train_steps
-        if step % trainer.log_every_steps == 0 or last:
-            summary = {k: float(np.mean([s[k] for s in logged])) for k in logged[0]}
-            summary["learning_rate"] = float(schedule(step - 1))
-            elapsed = time.time() - log_start
-            summary["examples_per_s"] = (step - log_start_step) * trainer.batch_size / elapsed
-            writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
-            logged, log_start, log_start_step = [], time.time(), step
-        if step % trainer.eval_every_steps == 0 or last:
-            val_metrics, _ = evaluate(from_loop(state), task, "val", mesh)
-            writer.write_scalars(step, {f"val/{k}": v for k, v in val_metrics.items()})
-            value = val_metrics[trainer.selection_metric]
-            if _improved(value, progress["best_metric"], trainer.selection_mode):
-                progress.update(best_metric=value, best_step=step, evals_since_best=0)
-                ckpts.save_best(step, from_loop(state), progress)
-            else:
-                progress["evals_since_best"] += 1
-            patience = trainer.early_stopping_patience
-            if patience and progress["evals_since_best"] >= patience:
-                logging.info(
-                    "Early stopping at step %d: val %s has not improved for %d evaluations "
-                    "(best %.4f at step %d).",
-                    step, trainer.selection_metric, patience,
-                    progress["best_metric"], progress["best_step"],
-                )  # fmt: skip
-                stop = True
-        if step % trainer.checkpoint_every_steps == 0 or last or stop:
-            progress["finished"] = last or stop
-            ckpts.save_latest(step, from_loop(state), progress)
+    with _sigterm_flag() as sigterm:
+        while step < trainer.num_train_steps and not stop:
+            with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                state, scalars = train_on(state, next(batches))
+            step += 1
+            logged.append(scalars)
+            unchecked.append((step, scalars["nonfinite"]))  # fetched when acted on, not now
+            report_progress(step)
+            last = step == trainer.num_train_steps
+            log_now = step % trainer.log_every_steps == 0 or last
+            eval_now = step % trainer.eval_every_steps == 0 or last
+            save_now = step % trainer.checkpoint_every_steps == 0 or last
+            # Several processes agree on stopping at log steps, not at every step's cost.
+            preempted = sigterm.is_set() if jax.process_count() == 1 else (
+                log_now and parallel.any_process(sigterm.is_set())
+            )  # fmt: skip
+            if log_now or eval_now or save_now or preempted:
+                _check_finite(unchecked, trainer.on_nonfinite, progress, ckpts)
+                unchecked = []
+            if log_now:
+                finite = [s for s in logged if not s["nonfinite"]]
+                summary = {
+                    k: float(np.mean([s[k] for s in finite])) if finite else math.nan
+                    for k in ("loss", "l2_grads", "l2_params")
+                }
+                summary["skipped_steps"] = progress["skipped_steps"]
+                summary["learning_rate"] = float(schedule(step - 1))
+                elapsed = time.time() - log_start
+                summary["examples_per_s"] = (step - log_start_step) * trainer.batch_size / elapsed
+                writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
+                logged, log_start, log_start_step = [], time.time(), step
+            if eval_now:
+                stop = _evaluate_and_select(config, task, from_loop(state), step, progress, ckpts,
+                                            writer, mesh)  # fmt: skip
+            if save_now or stop or preempted:
+                progress["finished"] = last or stop
+                ckpts.save_latest(step, from_loop(state), progress)
+            if preempted and not progress["finished"]:
+                raise Preempted(
+                    f"stopped by SIGTERM at step {step}, with a checkpoint of that step in "
+                    f"{ckpts.directory}; run the same command to continue"
+                )
     writer.flush()
     return from_loop(state), progress
+
+
+def _evaluate_and_select(config, task, state, step, progress, ckpts, writer, mesh) -> bool:
+    """Validates `state`, keeps it if it is the best so far; True when it is time to stop."""
+    trainer = config.trainer
+    val_metrics, _ = evaluate(state, task, "val", mesh)
+    writer.write_scalars(step, {f"val/{k}": v for k, v in val_metrics.items()})
+    value = val_metrics[trainer.selection_metric]
+    if _improved(value, progress["best_metric"], trainer.selection_mode):
+        progress.update(best_metric=value, best_step=step, evals_since_best=0)
+        ckpts.save_best(step, state, progress)
+    else:
+        progress["evals_since_best"] += 1
+    patience = trainer.early_stopping_patience
+    if patience and progress["evals_since_best"] >= patience:
+        logging.info(
+            "Early stopping at step %d: val %s has not improved for %d evaluations "
+            "(best %.4f at step %d).",
+            step, trainer.selection_metric, patience,
+            progress["best_metric"], progress["best_step"],
+        )  # fmt: skip
+        return True
+    return False
+
+
+def _check_finite(unchecked, on_nonfinite: str, progress: dict, ckpts) -> None:
+    """Counts the steps whose loss or gradient was not finite (their updates were skipped),
+    or, with `on_nonfinite` "stop", raises NonFiniteError naming the first of them."""
+    bad = [step for step, flag in unchecked if int(flag)]
+    if not bad:
+        return
+    if on_nonfinite == "stop":
+        latest = ckpts.latest_step()
+        kept = "no checkpoint was saved yet" if latest is None else (
+            f"the latest checkpoint (step {latest}) is the last good one"
+        )  # fmt: skip
+        raise NonFiniteError(
+            f"the loss or a gradient was not finite at step {bad[0]}; training stopped, and "
+            f"{kept}. Lower "
+            "optimizer.learning_rate, set optimizer.grad_clip_norm or check the data; or set "
+            "trainer.on_nonfinite=skip to skip such steps"
+        )
+    progress["skipped_steps"] += len(bad)
+    logging.warning("Skipped the update of steps %s: non-finite loss or gradient.", bad)
+
+
+@contextlib.contextmanager
+def _sigterm_flag():
+    """An event that SIGTERM (preemption under SLURM or on Cloud TPU) sets while training."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # signals reach main only
+        yield flag
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: flag.set())
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _stepper(config, task, mesh):

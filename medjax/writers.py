@@ -77,7 +77,10 @@ def keep_metrics_up_to(path: str, step: int) -> float:
     if not os.path.exists(path):
         return 0.0
     with open(path) as f:
-        lines = [json.loads(line) for line in f if line.strip()]
+        text = f.read()
+    if not text.endswith("\n"):  # a line cut short by a crash
+        text = text[: text.rfind("\n") + 1]
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
     kept = [line for line in lines if line["step"] <= step and line["split"] != "test"]
     write_atomically(path, "".join(json.dumps(line) + "\n" for line in kept))
     return kept[-1]["time"] if kept else 0.0

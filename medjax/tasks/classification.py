@@ -10,9 +10,10 @@ import tensorflow as tf
 
 from medjax import losses, metrics, parallel, plots
 from medjax.data import image_dataset, pipeline, transforms
+from medjax.data.dataset import SPLITS
 from medjax.errors import ConfigError
 from medjax.models import cnn
-from medjax.tasks.task import Task, compute_dtype
+from medjax.tasks.task import Task, compute_dtype, fingerprint
 
 
 def build(config: ml_collections.ConfigDict) -> Task:
@@ -81,7 +82,26 @@ def build(config: ml_collections.ConfigDict) -> Task:
         f"(width {config.model.width}, {config.model.norm} norm)",
         selection_metrics=("auroc", "auprc", "accuracy", "loss")
         + (("brier",) if dataset.multilabel else ("balanced_accuracy", "ece")),
+        split_sizes=lambda: image_split_sizes(dataset),
+        data_fingerprint=lambda: image_fingerprint(dataset),
     )
+
+
+def image_split_sizes(dataset, *, normal_only: bool = False) -> dict[str, int]:
+    """Examples per split; training counts only the normal ones with `normal_only`."""
+    labels = {split: dataset.load_split(split)["labels"] for split in SPLITS}
+    sizes = {split: len(labels[split]) for split in SPLITS}
+    return sizes | ({"train": int(_is_normal(labels["train"]).sum())} if normal_only else {})
+
+
+def image_fingerprint(dataset) -> str:
+    """Every split's example ids and labels, and the image shape (hashing every voxel of a CT
+    dataset would cost more than it tells)."""
+    arrays = {"image_shape": np.array(dataset.image_shape)}
+    for split in SPLITS:
+        loaded = dataset.load_split(split)
+        arrays |= {f"{split}/ids": loaded["ids"], f"{split}/labels": loaded["labels"]}
+    return fingerprint(arrays)
 
 
 def image_pipelines(config: ml_collections.ConfigDict, dataset, *, normal_only: bool = False):

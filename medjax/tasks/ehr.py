@@ -11,7 +11,7 @@ from medjax.data import ehr, pipeline
 from medjax.errors import ConfigError
 from medjax.models import rnn
 from medjax.tasks import classification
-from medjax.tasks.task import Task, compute_dtype
+from medjax.tasks.task import Task, compute_dtype, fingerprint
 
 INPUTS = ("values", "mask", "delta", "lengths", "static")
 CLASS_NAMES = ("survived", "in-hospital death")
@@ -123,4 +123,12 @@ def build(config: ml_collections.ConfigDict) -> Task:
         f"(hidden {model_config.hidden_size}, {model_config.num_layers} layer(s), "
         f"{model_config.pooling} pooling)",
         selection_metrics=("auroc", "auprc", "min_se_ppv", "loss", "ece", "brier"),
+        split_sizes=lambda: {split: len(a["labels"]) for split, a in dataset.splits.items()},
+        data_fingerprint=lambda: fingerprint(
+            {
+                f"{split}/{k}": v
+                for split, arrays in dataset.splits.items()
+                for k, v in arrays.items()
+            }
+        ),
     )

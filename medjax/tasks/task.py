@@ -1,6 +1,7 @@
 """What a task hands the task-agnostic trainer."""
 
 import dataclasses
+import hashlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -40,6 +41,8 @@ class Task:
         and plots; returns images ({name: [H, W, C] array}) for TensorBoard, or {}.
       description: data and model in a sentence, for the report.
       selection_metrics: metric names fit to select checkpoints and stop early.
+      split_sizes: () -> {split: examples it feeds}, checked before training starts.
+      data_fingerprint: () -> a hash of the data, stored with checkpoints (`fingerprint`).
     """
 
     model: nn.Module
@@ -53,3 +56,15 @@ class Task:
     write_outputs: Callable[[str, str, dict[str, np.ndarray], Any], dict[str, np.ndarray]]
     description: str
     selection_metrics: tuple[str, ...]
+    split_sizes: Callable[[], dict[str, int]]
+    data_fingerprint: Callable[[], str]
+
+
+def fingerprint(arrays: dict[str, np.ndarray]) -> str:
+    """A hash of named arrays: their names, dtypes, shapes and contents."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+        digest.update(array.tobytes() if array.dtype != object else repr(array.tolist()).encode())
+    return digest.hexdigest()[:16]

@@ -117,6 +117,10 @@ def build(config: ml_collections.ConfigDict) -> Task:
         f"{config.model.likelihood} likelihood), trained on "
         f"{'normal examples only' if config.data.normal_only else 'all examples'}",
         selection_metrics=("nelbo", "iw_nll", "recon_error", "anomaly_auroc", "loss"),
+        split_sizes=lambda: classification.image_split_sizes(
+            dataset, normal_only=config.data.normal_only
+        ),
+        data_fingerprint=lambda: classification.image_fingerprint(dataset),
     )
 
 

@@ -1,0 +1,126 @@
+"""A run killed with SIGKILL at random steps, or stopped by SIGTERM, and started again with the
+same command ends exactly as a run never interrupted."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 12
+COMMAND = [
+    sys.executable,
+    "-m",
+    "medjax.main",
+    "--config=configs/ct_cnn.py",
+    "--config.data.image_shape=(32,32)",
+    "--config.data.num_train=96",
+    "--config.data.num_val=40",
+    "--config.data.num_test=48",
+    "--config.model.width=0.125",
+    "--config.model.dropout_rate=0.3",  # randomness in the step must resume exactly too
+    f"--config.trainer.num_train_steps={STEPS}",
+    "--config.trainer.batch_size=16",
+    "--config.trainer.eval_batch_size=32",
+    "--config.trainer.log_every_steps=1",
+    "--config.trainer.eval_every_steps=4",
+    "--config.trainer.checkpoint_every_steps=3",
+    "--config.optimizer.warmup_steps=1",
+]
+
+
+def _start(workdir, host_devices_env):
+    return subprocess.Popen(
+        [*COMMAND, f"--workdir={workdir}"],
+        cwd=REPO,
+        env=host_devices_env(1),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finish(workdir, host_devices_env):
+    process = _start(workdir, host_devices_env)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    return stderr
+
+
+def _wait_for_step(process, workdir, step):
+    """Waits until metrics.jsonl shows a training line at `step` or later."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        if os.path.exists(path):
+            with open(path) as f:
+                steps = [json.loads(line)["step"] for line in f if line.endswith("\n")]
+            if steps and max(steps) >= step:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"step {step} not reached")
+
+
+def _final(workdir):
+    """The latest checkpoint's arrays and the test line of metrics.jsonl (without its time)."""
+    latest = os.path.join(workdir, "checkpoints", "latest")
+    step = max(int(name) for name in os.listdir(latest) if name.isdigit())
+    arrays = ocp.StandardCheckpointer().restore(os.path.join(latest, str(step), "state"))
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        test = [json.loads(line) for line in f if '"split": "test"' in line]
+    assert len(test) == 1
+    del test[0]["time"]
+    return step, arrays, test[0]
+
+
+def _assert_same(a, b):
+    step_a, arrays_a, test_a = a
+    step_b, arrays_b, test_b = b
+    assert step_a == step_b == STEPS
+    assert test_a == test_b
+    flat_a, flat_b = ocp.tree.to_flat_dict(arrays_a), ocp.tree.to_flat_dict(arrays_b)
+    assert flat_a.keys() == flat_b.keys()
+    for key in flat_a:
+        np.testing.assert_array_equal(np.asarray(flat_a[key]), np.asarray(flat_b[key]), str(key))
+
+
+def test_sigkill_at_random_steps_then_rerun_ends_bit_identical(tmp_path, host_devices_env):
+    straight = tmp_path / "straight"
+    _finish(straight, host_devices_env)
+    expected = _final(straight)
+    rng = np.random.default_rng(0)
+    for trial, kill_step in enumerate(rng.integers(1, STEPS, size=3)):
+        workdir = tmp_path / f"killed{trial}"
+        process = _start(workdir, host_devices_env)
+        _wait_for_step(process, workdir, kill_step)
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=60)
+        saved = [int(name) for name in os.listdir(workdir / "checkpoints" / "latest")
+                 if name.isdigit()]  # fmt: skip
+        log = _finish(workdir, host_devices_env)
+        if saved:  # it resumed from the last complete checkpoint, not from the start
+            assert f"Resumed from step {max(saved)} of" in log
+        _assert_same(_final(workdir), expected)
+
+
+def test_sigterm_saves_the_current_step_and_the_rerun_finishes(tmp_path, host_devices_env):
+    process = _start(tmp_path, host_devices_env)
+    _wait_for_step(process, tmp_path, 4)
+    sent = time.time()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert time.time() - sent < 30
+    assert process.returncode == 143, stderr[-3000:]
+    message = [line for line in stderr.splitlines() if line.startswith("preempted: ")]
+    assert len(message) == 1 and "run the same command to continue" in message[0]
+    step = int(message[0].split("at step ")[1].split(",")[0])
+    assert 4 <= step < STEPS
+    assert str(step) in os.listdir(tmp_path / "checkpoints" / "latest")
+    _finish(tmp_path, host_devices_env)
+    assert _final(tmp_path)[0] == STEPS

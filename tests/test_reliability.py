@@ -1,0 +1,104 @@
+"""Reliability in one process: the non-finite guard, the config fingerprint stored with
+checkpoints, a metrics line cut short. Killed and preempted runs: test_crash_resume.py."""
+
+import dataclasses
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from medjax import tasks, train, writers
+from medjax.errors import ConfigError, NonFiniteError
+
+
+
+def _nan_at_step(monkeypatch, bad_step):
+    """Makes the training loss NaN at the step whose state.step is `bad_step`."""
+    build = tasks.build_task
+
+    def build_with_nan(config):
+        task = build(config)
+        loss_fn = task.loss_fn
+
+        def nan_loss(outputs, batch, step):
+            return jnp.where(step == bad_step, jnp.nan, loss_fn(outputs, batch, step))
+
+        return dataclasses.replace(task, loss_fn=nan_loss)
+
+    monkeypatch.setattr(train, "build_task", build_with_nan)
+
+
+def _restore_params(workdir, step):
+    path = os.path.join(workdir, "checkpoints", "latest", str(step), "state")
+    return ocp.tree.to_flat_dict(ocp.StandardCheckpointer().restore(path)["params"])
+
+
+def test_nonfinite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(
+    tiny_config, tmp_path, monkeypatch
+):
+    _nan_at_step(monkeypatch, 4)  # the fifth step, logged as step 5
+    with pytest.raises(
+        NonFiniteError, match="not finite at step 5; .* latest checkpoint \\(step 3\\)"
+    ):
+        train.train_and_evaluate(tiny_config, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints" / "latest")) == ["3"]
+
+
+def test_nonfinite_loss_skips_the_update_when_asked(tiny_config, tmp_path, monkeypatch):
+    _nan_at_step(monkeypatch, 4)
+    tiny_config.trainer.on_nonfinite = "skip"
+    tiny_config.trainer.checkpoint_every_steps = 1
+    tiny_config.trainer.max_checkpoints_to_keep = 10
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+    params = {step: _restore_params(tmp_path, step) for step in (4, 5, 6)}
+    for key in params[4]:
+        np.testing.assert_array_equal(params[5][key], params[4][key])  # step 5 skipped
+    assert any(not np.array_equal(params[6][k], params[5][k]) for k in params[4])
+    with open(tmp_path / "metrics.jsonl") as f:
+        train_lines = [json.loads(line) for line in f if '"split": "train"' in line]
+    assert [line["skipped_steps"] for line in train_lines] == [0, 0, 1]
+    assert all(np.isfinite(line["loss"]) for line in train_lines)
+
+
+def test_resuming_with_a_config_that_changes_results_is_refused(tiny_config, tmp_path):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+    before = {name: (tmp_path / name).read_bytes() for name in ("config.json", "metrics.jsonl")}
+
+    changed = tiny_config.copy_and_resolve_references()
+    changed.optimizer.learning_rate = 0.01
+    changed.data.seed = 1
+    with pytest.raises(ConfigError) as refused:
+        train.train_and_evaluate(changed, str(tmp_path))
+    message = str(refused.value)
+    assert "data.seed: 0 -> 1; optimizer.learning_rate: 0.003 -> 0.01; the data (fingerprint" in (
+        message
+    )
+    assert "--allow_config_change" in message
+    assert before == {name: (tmp_path / name).read_bytes() for name in before}
+
+    neutral = tiny_config.copy_and_resolve_references()
+    neutral.trainer.log_every_steps = 1  # changes no result
+    train.train_and_evaluate(neutral, str(tmp_path))
+    train.train_and_evaluate(changed, str(tmp_path), allow_config_change=True)
+
+
+def test_a_checkpoint_of_another_model_names_the_shapes(tiny_config, tmp_path):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+    tiny_config.model.width = 0.25
+    with pytest.raises(ConfigError) as refused:
+        train.train_and_evaluate(tiny_config, str(tmp_path), allow_config_change=True)
+    message = str(refused.value)
+    assert "holds a different model: params/head/kernel: checkpoint (64, 2), config (128, 2)" in (
+        message
+    )
+    assert message.endswith("train this config in a new --workdir")
+
+
+def test_a_metrics_line_cut_short_by_a_crash_is_dropped_on_resume(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "split": "train", "time": 1.5}\n{"step": 2, "spl')
+    assert writers.keep_metrics_up_to(str(path), 5) == 1.5
+    assert path.read_text() == '{"step": 1, "split": "train", "time": 1.5}\n'
