@@ -2,6 +2,7 @@
 
 import importlib
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -40,6 +41,29 @@ def tiny():
 @pytest.fixture
 def tiny_config(tiny):
     return tiny("ct_cnn")
+
+
+@pytest.fixture(scope="session")
+def tiny_ct_cnn_command():
+    """tiny_ct_cnn_command(changes): `python -m medjax.main` on a tiny configs/ct_cnn.py, as
+    shrink() makes it, with {key: value} config changes."""
+
+    def command(changes):
+        keys = {
+            "data.image_shape": "(32,32)",
+            "data.num_train": 96,
+            "data.num_val": 40,
+            "data.num_test": 48,
+            "model.width": 0.125,
+            "trainer.batch_size": 16,
+            "trainer.eval_batch_size": 32,
+            "trainer.log_every_steps": 1,
+            "optimizer.warmup_steps": 1,
+        } | changes
+        flags = [f"--config.{key}={value}" for key, value in keys.items()]
+        return [sys.executable, "-m", "medjax.main", "--config=configs/ct_cnn.py", *flags]
+
+    return command
 
 
 @pytest.fixture(scope="session")

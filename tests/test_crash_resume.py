@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -13,40 +12,27 @@ import orbax.checkpoint as ocp
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12
-COMMAND = [
-    sys.executable,
-    "-m",
-    "medjax.main",
-    "--config=configs/ct_cnn.py",
-    "--config.data.image_shape=(32,32)",
-    "--config.data.num_train=96",
-    "--config.data.num_val=40",
-    "--config.data.num_test=48",
-    "--config.model.width=0.125",
-    "--config.model.dropout_rate=0.3",  # randomness in the step must resume exactly too
-    f"--config.trainer.num_train_steps={STEPS}",
-    "--config.trainer.batch_size=16",
-    "--config.trainer.eval_batch_size=32",
-    "--config.trainer.log_every_steps=1",
-    "--config.trainer.eval_every_steps=4",
-    "--config.trainer.checkpoint_every_steps=3",
-    "--config.optimizer.warmup_steps=1",
-]
+CHANGES = {
+    "model.dropout_rate": 0.3,  # randomness in the step must resume exactly too
+    "trainer.num_train_steps": STEPS,
+    "trainer.eval_every_steps": 4,
+    "trainer.checkpoint_every_steps": 3,
+}
 
 
-def _start(workdir, host_devices_env):
+def _start(workdir, env, command):
     return subprocess.Popen(
-        [*COMMAND, f"--workdir={workdir}"],
+        [*command(CHANGES), f"--workdir={workdir}"],
         cwd=REPO,
-        env=host_devices_env(1),
+        env=env(1),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
 
 
-def _finish(workdir, host_devices_env):
-    process = _start(workdir, host_devices_env)
+def _finish(workdir, env, command):
+    process = _start(workdir, env, command)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr[-3000:]
     return stderr
@@ -90,27 +76,31 @@ def _assert_same(a, b):
         np.testing.assert_array_equal(np.asarray(flat_a[key]), np.asarray(flat_b[key]), str(key))
 
 
-def test_sigkill_at_random_steps_then_rerun_ends_bit_identical(tmp_path, host_devices_env):
+def test_sigkill_at_random_steps_then_rerun_ends_bit_identical(
+    tmp_path, host_devices_env, tiny_ct_cnn_command
+):
     straight = tmp_path / "straight"
-    _finish(straight, host_devices_env)
+    _finish(straight, host_devices_env, tiny_ct_cnn_command)
     expected = _final(straight)
     rng = np.random.default_rng(0)
     for trial, kill_step in enumerate(rng.integers(1, STEPS, size=3)):
         workdir = tmp_path / f"killed{trial}"
-        process = _start(workdir, host_devices_env)
+        process = _start(workdir, host_devices_env, tiny_ct_cnn_command)
         _wait_for_step(process, workdir, kill_step)
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=60)
         saved = [int(name) for name in os.listdir(workdir / "checkpoints" / "latest")
                  if name.isdigit()]  # fmt: skip
-        log = _finish(workdir, host_devices_env)
+        log = _finish(workdir, host_devices_env, tiny_ct_cnn_command)
         if saved:  # it resumed from the last complete checkpoint, not from the start
             assert f"Resumed from step {max(saved)} of" in log
         _assert_same(_final(workdir), expected)
 
 
-def test_sigterm_saves_the_current_step_and_the_rerun_finishes(tmp_path, host_devices_env):
-    process = _start(tmp_path, host_devices_env)
+def test_sigterm_saves_the_current_step_and_the_rerun_finishes(
+    tmp_path, host_devices_env, tiny_ct_cnn_command
+):
+    process = _start(tmp_path, host_devices_env, tiny_ct_cnn_command)
     _wait_for_step(process, tmp_path, 4)
     sent = time.time()
     process.send_signal(signal.SIGTERM)
@@ -122,5 +112,5 @@ def test_sigterm_saves_the_current_step_and_the_rerun_finishes(tmp_path, host_de
     step = int(message[0].split("at step ")[1].split(",")[0])
     assert 4 <= step < STEPS
     assert str(step) in os.listdir(tmp_path / "checkpoints" / "latest")
-    _finish(tmp_path, host_devices_env)
+    _finish(tmp_path, host_devices_env, tiny_ct_cnn_command)
     assert _final(tmp_path)[0] == STEPS

@@ -6,7 +6,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 
 import numpy as np
 
@@ -19,27 +18,17 @@ def _free_port():
         return s.getsockname()[1]
 
 
-_TINY_CT_CNN = [
-    "--config=configs/ct_cnn.py",
-    "--config.data.image_shape=(32,32)",
-    "--config.data.num_train=96",
-    "--config.data.num_val=40",
-    "--config.data.num_test=48",
-    "--config.model.width=0.125",
-    "--config.trainer.num_train_steps=4",
-    "--config.trainer.batch_size=16",
-    "--config.trainer.eval_batch_size=32",
-    "--config.trainer.log_every_steps=1",
-    "--config.trainer.eval_every_steps=2",
-    "--config.trainer.checkpoint_every_steps=2",
-    "--config.optimizer.warmup_steps=1",
-]
+CHANGES = {
+    "trainer.num_train_steps": 4,
+    "trainer.eval_every_steps": 2,
+    "trainer.checkpoint_every_steps": 2,
+}
 
 
-def _train(workdir, env, *, processes):
+def _train(workdir, env, command, *, processes):
     """Runs the tiny ct_cnn in `processes` processes joined on 127.0.0.1; returns the
     metrics.jsonl lines."""
-    command = [sys.executable, "-m", "medjax.main", f"--workdir={workdir}", *_TINY_CT_CNN]
+    command = [*command(CHANGES), f"--workdir={workdir}"]
     if processes > 1:
         port = _free_port()
         command += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}"]
@@ -72,10 +61,12 @@ def _by_split(lines, split, key):
     return {line["step"]: line[key] for line in lines if line["split"] == split}
 
 
-def test_two_processes_train_checkpoint_and_resume_as_one(tmp_path, host_devices_env):
-    one = _train(tmp_path / "one", host_devices_env(4), processes=1)
+def test_two_processes_train_checkpoint_and_resume_as_one(
+    tmp_path, host_devices_env, tiny_ct_cnn_command
+):
+    one = _train(tmp_path / "one", host_devices_env(4), tiny_ct_cnn_command, processes=1)
     two_dir = tmp_path / "two"
-    two = _train(two_dir, host_devices_env(2), processes=2)
+    two = _train(two_dir, host_devices_env(2), tiny_ct_cnn_command, processes=2)
 
     losses = _by_split(one, "train", "loss")
     assert sorted(losses) == [1, 2, 3, 4]
@@ -87,7 +78,7 @@ def test_two_processes_train_checkpoint_and_resume_as_one(tmp_path, host_devices
 
     # A crash after the step-2 checkpoint: the last one lost, both processes resume from it.
     shutil.rmtree(two_dir / "checkpoints" / "latest" / "4")
-    resumed = _train(two_dir, host_devices_env(2), processes=2)
+    resumed = _train(two_dir, host_devices_env(2), tiny_ct_cnn_command, processes=2)
 
     def before_the_crash(lines):
         return [line for line in lines if line["step"] <= 2 and line["split"] != "test"]

@@ -14,7 +14,6 @@ from medjax import tasks, train, writers
 from medjax.errors import ConfigError, NonFiniteError
 
 
-
 def _nan_at_step(monkeypatch, bad_step):
     """Makes the training loss NaN at the step whose state.step is `bad_step`."""
     build = tasks.build_task
