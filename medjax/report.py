@@ -4,7 +4,7 @@ import os
 
 import ml_collections
 
-from medjax import writers
+from medjax import bootstrap, writers
 
 
 def write(
@@ -17,6 +17,7 @@ def write(
     last_step: int,
     val_metrics: dict[str, float],
     test_metrics: dict[str, float],
+    test_intervals: dict[str, tuple[float, float]],
 ) -> None:
     """Writes `workdir/report.md`: the run, the val and test metrics, and the plots."""
     trainer = config.trainer
@@ -38,6 +39,21 @@ def write(
     ]
     for split, values in (("val", val_metrics), ("test", test_metrics)):
         lines.append(f"| {split} | " + " | ".join(f"{values[k]:.4f}" for k in names) + " |")
+    if test_intervals:
+        lines += [
+            "",
+            "## Test metrics with 95% intervals",
+            "",
+            f"Stratified bootstrap (classes resampled apart), {bootstrap.NUM_RESAMPLES} "
+            "resamples, percentile intervals.",
+            "",
+            "| metric | test | 95% interval |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {k} | {test_metrics[k]:.4f} | [{low:.4f}, {high:.4f}] |"
+            for k, (low, high) in test_intervals.items()
+        ]
     lines += ["", "## Plots (test split)", ""]
     plots = sorted(p for p in os.listdir(os.path.join(workdir, "plots")) if p.endswith(".png"))
     lines += [f"![{p[:-4]}](plots/{p})" for p in plots]

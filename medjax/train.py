@@ -377,8 +377,11 @@ def _test_and_report(config, task, best_state, last_step, workdir, writer, mesh)
     """Evaluates the best state once on the test split; writes outputs, plots and report."""
     val_metrics, _ = evaluate(best_state, task, "val", mesh)
     test_metrics, gathered = evaluate(best_state, task, "test", mesh)
+    intervals = task.metric_intervals(gathered)
     best_step = int(best_state.step)
-    writer.write_scalars(best_step, {f"test/{k}": v for k, v in test_metrics.items()})
+    bounds = {f"{k}_{end}": v for k, (low, high) in intervals.items()
+              for end, v in (("low", low), ("high", high))}  # fmt: skip
+    writer.write_scalars(best_step, {f"test/{k}": v for k, v in (test_metrics | bounds).items()})
     writer.flush()
     if jax.process_index() == 0:
         images = task.write_outputs(
@@ -395,6 +398,7 @@ def _test_and_report(config, task, best_state, last_step, workdir, writer, mesh)
             last_step=last_step,
             val_metrics=val_metrics,
             test_metrics=test_metrics,
+            test_intervals=intervals,
         )
     logging.info("Test metrics at step %d: %s", best_step, json.dumps(test_metrics))
     return test_metrics

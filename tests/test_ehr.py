@@ -1,6 +1,7 @@
 """The ICU time-series task: data preparation, loss masking, end to end."""
 
 import csv
+import json
 import os
 
 import jax
@@ -81,6 +82,9 @@ def test_bad_ehr_config(tiny):
 def test_ehr_rnn_end_to_end(tiny, tmp_path):
     metrics = train.train_and_evaluate(tiny("ehr_rnn"), str(tmp_path))
     assert 0 <= metrics["auroc"] <= 1 and 0 <= metrics["min_se_ppv"] <= 1
+    with open(tmp_path / "metrics.jsonl") as f:
+        test = [json.loads(line) for line in f][-1]
+    assert test["split"] == "test" and test["auroc_low"] <= test["auroc_high"]
     with open(tmp_path / "predictions" / "test.csv") as f:
         assert len(list(csv.DictReader(f))) == 48
 

@@ -38,6 +38,8 @@ def test_ct_cnn_end_to_end_writes_the_workdir_contract(tiny_config, tmp_path):
     assert [line["step"] for line in val] == [3, 6]
     assert all(0 <= line["auroc"] <= 1 for line in val)
     assert lines[-1]["split"] == "test" and lines[-1]["auroc"] == test_metrics["auroc"]
+    for name in ("auroc", "auprc", "accuracy", "sensitivity", "specificity"):  # 95% intervals
+        assert lines[-1][f"{name}_low"] <= lines[-1][f"{name}_high"], name
     train_lines = [line for line in lines if line["split"] == "train"]
     assert {"loss", "l2_grads", "l2_params", "learning_rate"} <= set(train_lines[0])
     assert all(np.isfinite(line["loss"]) for line in train_lines)
@@ -55,6 +57,8 @@ def test_ct_cnn_end_to_end_writes_the_workdir_contract(tiny_config, tmp_path):
     with open(os.path.join(workdir, "report.md")) as f:
         report = f.read()
     assert f"{test_metrics['auroc']:.4f}" in report and "plots/roc.png" in report
+    low, high = lines[-1]["auroc_low"], lines[-1]["auroc_high"]
+    assert f"| auroc | {test_metrics['auroc']:.4f} | [{low:.4f}, {high:.4f}] |" in report
 
 
 def test_ct_cnn3d_end_to_end(tiny, tmp_path):

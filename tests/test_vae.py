@@ -7,6 +7,8 @@ loops, sampling, gradients of the reparameterised ELBO, and the importance-weigh
 Model keys use the 'unsafe_rbg' implementation: threefry init compiles slowly on XLA:CPU.
 """
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -367,3 +369,6 @@ def test_ct_vae_end_to_end(tiny, tmp_path, image_shape):
         assert set(embeddings["labels"]) <= {0, 1}
     lines = (tmp_path / "predictions" / "test.csv").read_text().splitlines()
     assert lines[0] == "id,label,nelbo,recon_error" and len(lines) == 49
+    test = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert test["anomaly_auroc_low"] <= test["anomaly_auroc_high"]  # 95% bootstrap interval
+    assert "| anomaly_auroc |" in (tmp_path / "report.md").read_text()

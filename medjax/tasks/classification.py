@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from medjax import losses, metrics, parallel, plots
+from medjax import bootstrap, losses, metrics, parallel, plots
 from medjax.data import image_dataset, pipeline, transforms
 from medjax.data.dataset import SPLITS
 from medjax.errors import ConfigError
@@ -75,6 +75,11 @@ def build(config: ml_collections.ConfigDict) -> Task:
         loss_fn=loss_fn,
         eval_outputs_fn=eval_outputs_fn,
         compute_metrics=multilabel_metrics if dataset.multilabel else compute_metrics,
+        metric_intervals=(
+            binary_intervals
+            if dataset.num_classes == 2 and not dataset.multilabel
+            else lambda gathered: {}
+        ),  # fmt: skip
         train_batches=train_batches,
         eval_batches=eval_batches,
         write_outputs=write_outputs,
@@ -179,6 +184,11 @@ def compute_metrics(gathered: dict[str, np.ndarray]) -> dict[str, float]:
     label_probs = probs[np.arange(len(labels)), labels]
     result["loss"] = float(-np.mean(np.log(np.maximum(label_probs, np.finfo(np.float64).tiny))))
     return result
+
+
+def binary_intervals(gathered: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+    """95% stratified bootstrap intervals of auroc, auprc, accuracy, sensitivity, specificity."""
+    return bootstrap.intervals(gathered["label"], gathered["probs"][:, 1], threshold=0.5)
 
 
 def multilabel_metrics(gathered: dict[str, np.ndarray]) -> dict[str, float]:

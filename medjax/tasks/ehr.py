@@ -116,6 +116,7 @@ def build(config: ml_collections.ConfigDict) -> Task:
         loss_fn=loss_fn,
         eval_outputs_fn=eval_outputs_fn,
         compute_metrics=compute_metrics,
+        metric_intervals=classification.binary_intervals,
         train_batches=train_batches,
         eval_batches=eval_batches,
         write_outputs=write_outputs,

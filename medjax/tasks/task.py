@@ -35,6 +35,8 @@ class Task:
       loss_fn: (model outputs, batch, step) -> scalar training loss (jnp, jittable).
       eval_outputs_fn: (model outputs, batch) -> per-example arrays kept for metrics.
       compute_metrics: gathered per-example arrays of a split -> {metric name: float}.
+      metric_intervals: gathered arrays -> {metric name: (low, high)}, 95% bootstrap intervals
+        of the headline metrics (medjax.bootstrap), or {} where none are computed.
       train_batches: start step -> endless iterator of this process's training batches.
       eval_batches: split name -> iterator over the split once, padded, with `valid`.
       write_outputs: (workdir, split, gathered arrays, model variables) -> writes predictions
@@ -51,6 +53,7 @@ class Task:
     loss_fn: Callable[[Any, Batch, jax.Array], jax.Array]
     eval_outputs_fn: Callable[[jax.Array, Batch], dict[str, jax.Array]]
     compute_metrics: Callable[[dict[str, np.ndarray]], dict[str, float]]
+    metric_intervals: Callable[[dict[str, np.ndarray]], dict[str, tuple[float, float]]]
     train_batches: Callable[[int], Iterator[Batch]]
     eval_batches: Callable[[str], Iterator[Batch]]
     write_outputs: Callable[[str, str, dict[str, np.ndarray], Any], dict[str, np.ndarray]]

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from medjax import losses, metrics, plots
+from medjax import bootstrap, losses, metrics, plots
 from medjax.data import image_dataset
 from medjax.errors import ConfigError
 from medjax.models import vae
@@ -109,6 +109,10 @@ def build(config: ml_collections.ConfigDict) -> Task:
         loss_fn=loss_fn,
         eval_outputs_fn=eval_outputs_fn,
         compute_metrics=compute_metrics,
+        metric_intervals=lambda gathered: {
+            f"anomaly_{name}": interval
+            for name, interval in bootstrap.intervals(gathered["label"], gathered["nelbo"]).items()
+        },
         train_batches=train_batches,
         eval_batches=eval_batches,
         write_outputs=write_outputs,

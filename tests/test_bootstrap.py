@@ -1,0 +1,72 @@
+"""Bootstrap intervals: the weighted metrics against medjax.metrics, and coverage."""
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from medjax import bootstrap, metrics
+
+
+def _data(n=300, seed=1):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    scores = np.round(rng.normal(labels * 0.8, 1.0), 1) * 0.1 + 0.5  # many ties, some at 0.5
+    return labels, scores
+
+
+def _reference(labels, scores):
+    probs = np.stack([1 - scores, scores], 1)
+    out = metrics.classification_metrics(labels, probs, threshold=0.5)
+    return {k: out[k] for k in ("auroc", "auprc", *bootstrap.THRESHOLD_METRICS)}
+
+
+def test_unit_weights_are_the_metrics():
+    labels, scores = _data()
+    got = bootstrap.weighted_metrics(labels, scores, np.ones((1, labels.size)), threshold=0.5)
+    reference = _reference(labels, scores)
+    assert got.keys() == reference.keys()
+    for name, value in reference.items():
+        assert got[name][0] == pytest.approx(value, abs=1e-12), name
+
+
+def test_counts_are_the_metrics_of_repeated_examples():
+    labels, scores = _data(n=120)
+    counts = np.random.default_rng(2).integers(0, 4, (3, labels.size)).astype(float)
+    got = bootstrap.weighted_metrics(labels, scores, counts, threshold=0.5)
+    for row, count in enumerate(counts.astype(int)):
+        repeated = _reference(np.repeat(labels, count), np.repeat(scores, count))
+        for name, value in repeated.items():
+            assert got[name][row] == pytest.approx(value, abs=1e-12), (row, name)
+
+
+def test_resamples_keep_the_class_counts_and_the_seed_decides():
+    labels, scores = _data()
+    counts = bootstrap.resample_counts(labels, 50, np.random.default_rng(0))
+    for label in (0, 1):
+        np.testing.assert_array_equal(counts[:, labels == label].sum(1), np.sum(labels == label))
+    assert bootstrap.intervals(labels, scores, seed=3) == bootstrap.intervals(
+        labels, scores, seed=3
+    )
+    assert bootstrap.intervals(labels, scores, seed=3) != bootstrap.intervals(
+        labels, scores, seed=4
+    )
+
+
+def test_auroc_interval_covers_the_true_value_95_percent_of_the_time():
+    # Binormal scores, unit variances, means 0 and 1: the true AUROC is Phi(1 / sqrt(2)).
+    true_auroc = norm.cdf(1 / np.sqrt(2))
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.ones(100, int), np.zeros(100, int)]
+    repetitions = 300
+    covered = 0
+    for repetition in range(repetitions):
+        scores = rng.normal(labels, 1.0)
+        low, high = bootstrap.intervals(labels, scores, seed=repetition)["auroc"]
+        covered += low <= true_auroc <= high
+    assert 0.92 <= covered / repetitions <= 0.98  # binomial sd at 95%: 0.013
+
+
+def test_one_class_has_no_interval_and_other_labels_are_refused():
+    assert bootstrap.intervals(np.zeros(5, int), np.arange(5.0)) == {}
+    with pytest.raises(ValueError, match="0/1 labels"):
+        bootstrap.intervals(np.array([0, 1, 2]), np.arange(3.0))
