@@ -65,12 +65,7 @@ def intervals(
 
     Resamples are computed `chunk` at a time to bound memory.
     """
-    labels, scores = np.asarray(labels), np.asarray(scores, np.float64)
-    if labels.ndim != 1 or labels.shape != scores.shape or not set(labels.tolist()) <= {0, 1}:
-        raise ValueError(
-            f"bootstrap intervals need 1-D 0/1 labels and scores of the same shape; got labels "
-            f"{labels.shape} with values {np.unique(labels)[:5]} and scores {scores.shape}"
-        )
+    labels, (scores,) = _checked(labels, scores)
     if np.unique(labels).size < 2:
         return {}
     return _percentiles(
@@ -90,12 +85,27 @@ def paired_intervals(
     chunk=100,
 ) -> dict[str, tuple[float, float]]:
     """Intervals of metric(a) - metric(b), both models scored on the same resamples."""
-    labels = np.asarray(labels)
+    labels, scores = _checked(labels, scores_a, scores_b)
     if np.unique(labels).size < 2:
         return {}
-    scores = [np.asarray(s, np.float64) for s in (scores_a, scores_b)]
     a, b = _resampled(labels, scores, threshold, num_resamples, seed, chunk)
     return _percentiles({name: a[name] - b[name] for name in a}, level)  # fmt: skip
+
+
+def _checked(labels, *scores) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Labels and float64 scores, or ValueError unless they are 1-D, 0/1 and of one length."""
+    labels, scores = np.asarray(labels), [np.asarray(s, np.float64) for s in scores]
+    if (
+        labels.ndim != 1
+        or any(s.shape != labels.shape for s in scores)
+        or not set(labels.tolist()) <= {0, 1}
+    ):
+        raise ValueError(
+            f"bootstrap intervals need 1-D 0/1 labels and scores of the same shape; got labels "
+            f"{labels.shape} with values {np.unique(labels)[:5]} and scores "
+            f"{[s.shape for s in scores]}"
+        )
+    return labels, scores
 
 
 def _resampled(labels, scores_list, threshold, num_resamples, seed, chunk):

@@ -80,11 +80,9 @@ def abstract_train_state(
     )
 
 
-def _variables(state: TrainState, params=None) -> dict:
-    variables = {"params": state.params if params is None else params}
-    if state.batch_stats:
-        variables["batch_stats"] = state.batch_stats
-    return variables
+def _variables(params, batch_stats) -> dict:
+    """Model variables: the params, and batch statistics where the model keeps them."""
+    return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
 
 
 def _train_step(state: TrainState, batch, *, task: Task, accumulation_steps: int, axis_name):
@@ -102,7 +100,7 @@ def _train_step(state: TrainState, batch, *, task: Task, accumulation_steps: int
     def loss_and_grads(batch_stats, micro_batch, key):
         def loss_of(params):
             outputs, updates = task.model.apply(
-                {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})},
+                _variables(params, batch_stats),
                 task.model_inputs(micro_batch),
                 train=True,
                 rngs={"dropout": key, "latent": jax.random.fold_in(key, 1)},
@@ -178,7 +176,7 @@ def eval_step(state: TrainState, batch, *, task: Task):
     eval_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 2**32 - 1)
     latent_key = jax.random.fold_in(eval_key, batch["index"][0])
     outputs = task.model.apply(
-        _variables(state, state.eval_params),
+        _variables(state.eval_params, state.batch_stats),
         task.model_inputs(batch),
         train=False,
         rngs={"latent": latent_key},
@@ -385,7 +383,7 @@ def _test_and_report(config, task, best_state, last_step, workdir, writer, mesh)
     writer.flush()
     if jax.process_index() == 0:
         images = task.write_outputs(
-            workdir, "test", gathered, _variables(best_state, best_state.eval_params)
+            workdir, "test", gathered, _variables(best_state.eval_params, best_state.batch_stats)
         )
         if images:
             writer.write_images(best_step, images)
@@ -446,12 +444,14 @@ def _train(config, task, state, progress, schedule, ckpts, writer, mesh):
                 summary["examples_per_s"] = (step - log_start_step) * trainer.batch_size / elapsed
                 writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
                 logged, log_start, log_start_step = [], time.time(), step
+            if eval_now or save_now or preempted:
+                current = from_loop(state)  # the replicated layout, made once for both uses
             if eval_now:
-                stop = _evaluate_and_select(config, task, from_loop(state), step, progress, ckpts,
-                                            writer, mesh)  # fmt: skip
+                stop = _evaluate_and_select(config, task, current, step, progress, ckpts, writer,
+                                            mesh)  # fmt: skip
             if save_now or stop or preempted:
                 progress["finished"] = last or stop
-                ckpts.save_latest(step, from_loop(state), progress)
+                ckpts.save_latest(step, current, progress)
             if preempted and not progress["finished"]:
                 raise Preempted(
                     f"stopped by SIGTERM at step {step}, with a checkpoint of that step in "
