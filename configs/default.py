@@ -97,4 +97,16 @@ def get_config() -> ml_collections.ConfigDict:
     data.test_set = "a"  # physionet2012: a (held-out part of set A) or b / c (a whole set)
     data.test_fraction = 0.2  # physionet2012 (test_set a): of set A; ct_folder: of patients
     data.val_fraction = 0.15  # physionet2012: of set A; ct_folder: of patients (no split column)
+
+    # Evaluation of binary tasks: a threshold chosen on val, then applied to the evaluated split.
+    config.evaluation = evaluation = ml_collections.ConfigDict()
+    evaluation.operating_point = "youden"  # youden (max Se + Sp - 1) or sensitivity (a target)
+    evaluation.target_sensitivity = 0.9  # operating_point=sensitivity: val sensitivity >= this
+
+    # --mode=explain: attributions of the evaluated split's first examples.
+    config.explain = explain = ml_collections.ConfigDict()
+    explain.num_examples = 4
+    explain.smoothgrad_samples = 32  # noisy copies averaged by SmoothGrad
+    explain.smoothgrad_noise = 0.15  # their noise std, as a fraction of the input's range
+    explain.ig_steps = 64  # integrated gradients: steps of the path from the baseline
     return config

@@ -6,12 +6,16 @@ counts (how often each example was drawn), so R resamples are one weighted compu
 [R, N] array: no Python loop over resamples or examples. The metrics are those of
 `medjax.metrics` (ties count 1/2 in AUROC; AUPRC is average precision over distinct scores;
 predicted positive iff score >= threshold), which the counts of a single unweighted resample
-reproduce exactly. Intervals are percentile intervals.
+reproduce exactly. Intervals are percentile intervals; a resample where a ratio is undefined
+(PPV with no predicted positive) is left out of that metric's interval.
 """
 
 import numpy as np
 
-THRESHOLD_METRICS = ("accuracy", "sensitivity", "specificity")
+from medjax import metrics
+
+THRESHOLD_METRICS = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
+CALIBRATION_METRICS = ("ece", "brier")
 NUM_RESAMPLES = 1000
 
 
@@ -25,9 +29,13 @@ def resample_counts(labels: np.ndarray, num_resamples: int, rng) -> np.ndarray:
     return counts
 
 
-def weighted_metrics(labels, scores, counts, *, threshold=None) -> dict[str, np.ndarray]:
-    """auroc and auprc (and, with a `threshold`, accuracy, sensitivity, specificity) of binary
-    `labels` [N] and `scores` [N] under each row of example weights `counts` [R, N]; [R] each."""
+def weighted_metrics(
+    labels, scores, counts, *, threshold=None, calibration_bins=None
+) -> dict[str, np.ndarray]:
+    """auroc and auprc of binary `labels` [N] and `scores` [N] under each row of example weights
+    `counts` [R, N]; [R] each. With a `threshold`, also THRESHOLD_METRICS (positive iff score >=
+    threshold); with `calibration_bins`, scores are probabilities of class 1 and ece and brier
+    are added, as `metrics.expected_calibration_error` and `metrics.brier_score` compute them."""
     order = np.argsort(-scores, kind="stable")
     scores, positive, counts = scores[order], labels[order] == 1, counts[:, order]
     ties = np.flatnonzero(np.r_[True, scores[1:] != scores[:-1]])  # first of each distinct score
@@ -42,12 +50,31 @@ def weighted_metrics(labels, scores, counts, *, threshold=None) -> dict[str, np.
         "auprc": np.sum(pos * np.divide(tp, tp + fp, out=np.zeros_like(tp), where=pos > 0), 1)
         / n_pos[:, 0],
     }
+    total = counts.sum(axis=1)
     if threshold is not None:
         predicted = scores >= threshold
-        out["accuracy"] = np.sum(counts * (predicted == positive), axis=1) / counts.sum(axis=1)
-        out["sensitivity"] = np.sum(counts * (predicted & positive), axis=1) / n_pos[:, 0]
-        out["specificity"] = np.sum(counts * ~(predicted | positive), axis=1) / n_neg[:, 0]
+        true_pos = counts @ (predicted & positive).astype(np.float64)
+        true_neg = counts @ (~(predicted | positive)).astype(np.float64)
+        called_pos = counts @ predicted.astype(np.float64)
+        out["accuracy"] = (true_pos + true_neg) / total
+        out["sensitivity"] = true_pos / n_pos[:, 0]
+        out["specificity"] = true_neg / n_neg[:, 0]
+        out["ppv"] = _ratio(true_pos, called_pos)
+        out["npv"] = _ratio(true_neg, total - called_pos)
+    if calibration_bins is not None:
+        # Top-label ECE: the argmax of (1 - p, p) is class 1 iff p > 1/2.
+        confidence = np.maximum(scores, 1 - scores)
+        correct = (scores > 0.5) == positive
+        bins = metrics.calibration_bins(confidence, calibration_bins)
+        gaps = np.eye(calibration_bins)[bins] * (correct - confidence)[:, None]  # [N, bins]
+        out["ece"] = np.abs(counts @ gaps).sum(axis=1) / total
+        out["brier"] = counts @ (scores - positive) ** 2 / total
     return out
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, nan where den is 0."""
+    return np.divide(num, den, out=np.full_like(num, np.nan), where=den > 0)
 
 
 def intervals(
@@ -55,6 +82,7 @@ def intervals(
     scores,
     *,
     threshold=None,
+    calibration_bins=None,
     num_resamples: int = NUM_RESAMPLES,
     seed: int = 0,
     level: float = 0.95,
@@ -68,9 +96,10 @@ def intervals(
     labels, (scores,) = _checked(labels, scores)
     if np.unique(labels).size < 2:
         return {}
-    return _percentiles(
-        _resampled(labels, [scores], threshold, num_resamples, seed, chunk)[0], level
+    resampled = _resampled(
+        labels, [scores], threshold, calibration_bins, num_resamples, seed, chunk
     )
+    return _percentiles(resampled[0], level)
 
 
 def paired_intervals(
@@ -79,6 +108,7 @@ def paired_intervals(
     scores_b,
     *,
     threshold=None,
+    calibration_bins=None,
     num_resamples=NUM_RESAMPLES,
     seed=0,
     level=0.95,
@@ -88,7 +118,7 @@ def paired_intervals(
     labels, scores = _checked(labels, scores_a, scores_b)
     if np.unique(labels).size < 2:
         return {}
-    a, b = _resampled(labels, scores, threshold, num_resamples, seed, chunk)
+    a, b = _resampled(labels, scores, threshold, calibration_bins, num_resamples, seed, chunk)
     return _percentiles({name: a[name] - b[name] for name in a}, level)  # fmt: skip
 
 
@@ -108,23 +138,27 @@ def _checked(labels, *scores) -> tuple[np.ndarray, list[np.ndarray]]:
     return labels, scores
 
 
-def _resampled(labels, scores_list, threshold, num_resamples, seed, chunk):
+def _resampled(labels, scores_list, threshold, calibration_bins, num_resamples, seed, chunk):
     """[{metric: [num_resamples] values}] for each scores in `scores_list`, same resamples."""
     rng = np.random.default_rng(seed)
     values = [{} for _ in scores_list]
     for start in range(0, num_resamples, chunk):
         counts = resample_counts(labels, min(chunk, num_resamples - start), rng)
         for out, scores in zip(values, scores_list, strict=True):
-            for name, value in weighted_metrics(
-                labels, scores, counts, threshold=threshold
-            ).items():
+            resampled = weighted_metrics(
+                labels, scores, counts, threshold=threshold, calibration_bins=calibration_bins
+            )
+            for name, value in resampled.items():
                 out.setdefault(name, []).append(value)
     return [{name: np.concatenate(v) for name, v in out.items()} for out in values]
 
 
 def _percentiles(values: dict[str, np.ndarray], level: float) -> dict[str, tuple[float, float]]:
     tail = 100 * (1 - level) / 2
+    defined = {name: v[~np.isnan(v)] for name, v in values.items()}
     return {
         name: tuple(float(q) for q in np.percentile(v, [tail, 100 - tail]))
-        for name, v in values.items()
+        if v.size
+        else (float("nan"), float("nan"))
+        for name, v in defined.items()
     }

@@ -4,7 +4,8 @@
       [--config.optimizer.learning_rate=3e-4 ...]
 
 `train` trains (or resumes, or on a finished workdir re-evaluates) and writes the outputs;
-`evaluate` evaluates the workdir's best checkpoint on the test split without training.
+`evaluate` evaluates the workdir's best checkpoint on `--split` (test) without training, and
+rewrites the report.
 
 Every device is used. On several hosts, run the same command in every process with
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`, or with none of them where
@@ -24,6 +25,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics, plots and the report.")
 flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "What to do with the workdir.")
+flags.DEFINE_enum("split", "test", ["train", "val", "test"], "The split --mode=evaluate reports.")
 flags.DEFINE_bool(
     "allow_config_change", False, "Resume although the config or data differ from the checkpoint's."
 )
@@ -76,6 +78,7 @@ def main(argv):
             FLAGS.workdir,
             train=FLAGS.mode == "train",
             allow_config_change=FLAGS.allow_config_change,
+            split=FLAGS.split if FLAGS.mode == "evaluate" else "test",
         )
     except (ConfigError, NonFiniteError, Preempted) as e:
         if FLAGS.debug:

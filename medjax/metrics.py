@@ -15,6 +15,7 @@ Conventions:
 import numpy as np
 
 _PROB_SUM_ATOL = 1e-2  # loose enough for bfloat16 models, tight enough to catch logits
+ECE_BINS = 15  # equal-width confidence bins of the expected calibration error
 
 
 def _check_binary(labels, scores):
@@ -197,7 +198,14 @@ def confusion_matrix(labels, predictions, num_classes) -> np.ndarray:
     return np.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
-def expected_calibration_error(labels, probs, num_bins=15) -> float:
+def calibration_bins(probabilities, num_bins: int) -> np.ndarray:
+    """The bin of each probability among `num_bins` equal-width bins on (0, 1]: bin b holds
+    (b/M, (b+1)/M], and 0 joins the first bin."""
+    edges = np.linspace(0.0, 1.0, num_bins + 1)
+    return np.clip(np.searchsorted(edges, probabilities, side="left") - 1, 0, num_bins - 1)
+
+
+def expected_calibration_error(labels, probs, num_bins=ECE_BINS) -> float:
     """Top-label ECE (Guo et al. 2017) with `num_bins` equal-width bins on (0, 1].
 
     confidence = max_c probs, correct = (argmax == label); bin b holds confidences in
@@ -206,8 +214,7 @@ def expected_calibration_error(labels, probs, num_bins=15) -> float:
     labels, probs = _check_probs(labels, probs)
     confidence = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == labels).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, num_bins + 1)
-    bins = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, num_bins - 1)
+    bins = calibration_bins(confidence, num_bins)
     gap = np.bincount(bins, correct - confidence, minlength=num_bins)  # |B|(acc - conf) per bin
     return float(np.abs(gap).sum() / labels.size)
 

@@ -3,8 +3,12 @@
 import os
 
 import ml_collections
+from scipy import special
 
 from medjax import bootstrap, writers
+
+EXPLANATION_METHODS = ("saliency", "smoothgrad", "integrated_gradients", "gradcam")
+OPERATING_POINT_METRICS = ("sensitivity", "specificity", "ppv", "npv", "accuracy")
 
 
 def write(
@@ -12,49 +16,175 @@ def write(
     *,
     config: ml_collections.ConfigDict,
     description: str,
+    split_sizes: dict[str, int],
     num_params: int,
     best_step: int,
     last_step: int,
+    split: str,
     val_metrics: dict[str, float],
-    test_metrics: dict[str, float],
-    test_intervals: dict[str, tuple[float, float]],
+    split_metrics: dict[str, float],
+    intervals: dict[str, tuple[float, float]],
+    binary: dict[str, float],
+    binary_intervals: dict[str, tuple[float, float]],
+    subgroup_rows: list[dict],
 ) -> None:
-    """Writes `workdir/report.md`: the run, the val and test metrics, and the plots."""
+    """Writes `workdir/report.md`: data and splits, model and training, the metrics of the
+    evaluated `split` with intervals, the operating point and calibration (`binary`, empty for
+    tasks that are not binary), and the plots."""
     trainer = config.trainer
-    names = list(test_metrics)
+    sizes = ", ".join(f"{name} {size:,}" for name, size in split_sizes.items())
+    fitted_on = "fitted on val and applied unchanged to " + (
+        "val itself (in-sample: optimistic)" if split == "val" else f"the {split} split"
+    )
     lines = [
         "# medjax report",
         "",
+        "## Data and model",
+        "",
         f"- data and model: {description}",
+        f"- examples per split: {sizes}",
         f"- parameters: {num_params:,}",
         f"- trained {last_step} of {trainer.num_train_steps} steps, batch {trainer.batch_size}, "
         f"{config.optimizer.name} at learning rate {config.optimizer.learning_rate:g}, "
         f"seed {config.seed}",
         f"- evaluated: the checkpoint of step {best_step}, the best by validation "
-        f"{trainer.selection_metric} ({trainer.selection_mode}); the test split was used for "
-        "nothing else",
+        f"{trainer.selection_metric} ({trainer.selection_mode}), on the {split} split"
+        + ("; the test split was used for nothing else" if split == "test" else ""),
         "",
-        "| split | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
+        *_images(workdir, ["curves.png"]),
+        "## Metrics",
+        "",
+        *_table(
+            ["split", *split_metrics],
+            [
+                [name, *(values[k] for k in split_metrics)]
+                for name, values in (("val", val_metrics), (split, split_metrics))
+            ],
+        ),  # fmt: skip
     ]
-    for split, values in (("val", val_metrics), ("test", test_metrics)):
-        lines.append(f"| {split} | " + " | ".join(f"{values[k]:.4f}" for k in names) + " |")
-    if test_intervals:
+    if intervals:
         lines += [
             "",
-            "## Test metrics with 95% intervals",
+            f"## {split.capitalize()} metrics with 95% intervals",
             "",
             f"Stratified bootstrap (classes resampled apart), {bootstrap.NUM_RESAMPLES} "
             "resamples, percentile intervals.",
             "",
-            "| metric | test | 95% interval |",
-            "|---|---|---|",
+            *_table(
+                ["metric", split, "95% interval"],
+                [[k, split_metrics[k], _interval(v)] for k, v in intervals.items()],
+            ),
         ]
+    if binary:
+        lines += _operating_point(config, split, binary, binary_intervals, fitted_on)
+        lines += _calibration(split, split_metrics, intervals, binary, binary_intervals, fitted_on)
+        lines += _images(workdir, ["calibration.png"])
+    if subgroup_rows:
         lines += [
-            f"| {k} | {test_metrics[k]:.4f} | [{low:.4f}, {high:.4f}] |"
-            for k, (low, high) in test_intervals.items()
+            "## Subgroups",
+            "",
+            f"AUROC with its 95% interval, and the operating point's metrics, within groups of "
+            f"the {split} split (also in subgroups.csv); small groups have wide intervals.",
+            "",
+            *_table(
+                [
+                    "grouping",
+                    "group",
+                    "n",
+                    "positives",
+                    "auroc",
+                    "95% interval",
+                    *OPERATING_POINT_METRICS[:4],
+                ],
+                [
+                    [
+                        r["grouping"],
+                        r["group"],
+                        r["n"],
+                        r["positives"],
+                        r["auroc"],
+                        _interval((r["auroc_low"], r["auroc_high"])),
+                        *(r[k] for k in OPERATING_POINT_METRICS[:4]),
+                    ]
+                    for r in subgroup_rows
+                ],
+            ),  # fmt: skip
+            "",
         ]
-    lines += ["", "## Plots (test split)", ""]
     plots = sorted(p for p in os.listdir(os.path.join(workdir, "plots")) if p.endswith(".png"))
-    lines += [f"![{p[:-4]}](plots/{p})" for p in plots]
+    explained = [p for p in plots if p.startswith(EXPLANATION_METHODS)]
+    if explained:
+        lines += ["## Explanations (--mode=explain)", "", *_images(workdir, explained)]
+    shown = {"curves.png", "calibration.png", *explained}
+    lines += [f"## Plots ({split} split)", "", *_images(workdir, sorted(set(plots) - shown))]
     writers.write_atomically(os.path.join(workdir, "report.md"), "\n".join(lines) + "\n")
+
+
+def _operating_point(config, split, binary, binary_intervals, fitted_on) -> list[str]:
+    evaluation = config.evaluation
+    if evaluation.operating_point == "youden":
+        rule = "the maximum of Youden's J (sensitivity + specificity - 1)"
+    else:
+        rule = f"the highest threshold with sensitivity >= {evaluation.target_sensitivity:g}"
+    threshold = binary["operating_threshold"]
+    shown = f"score {threshold:.4g}"
+    if "temperature" in binary:  # log-odds: the threshold as the model's probability
+        shown = f"probability {special.expit(threshold):.4g} (log-odds {threshold:.4g})"
+    rows = [[k, binary[f"operating_{k}"], _interval(binary_intervals.get(f"operating_{k}"))]
+            for k in OPERATING_POINT_METRICS]  # fmt: skip
+    return [
+        "",
+        "## Operating point",
+        "",
+        f"Threshold at {rule} on the val split, {shown}, {fitted_on}; positive iff the score is "
+        "at or above it.",
+        "",
+        *_table(["metric", split, "95% interval"], rows),
+    ]
+
+
+def _calibration(split, split_metrics, intervals, binary, binary_intervals, fitted_on):
+    if "temperature" in binary:
+        how = f"temperature scaling, T = {binary['temperature']:.4g}"
+        model = (split_metrics[k] for k in ("ece", "brier"))
+        rows = [["model", *model, *(_interval(intervals.get(k)) for k in ("ece", "brier"))]]
+    else:
+        how = (
+            f"Platt scaling of the anomaly score, slope {binary['platt_scale']:.4g}, offset "
+            f"{binary['platt_offset']:.4g}"
+        )
+        rows = []
+    recalibrated = (binary[f"calibrated_{k}"] for k in ("ece", "brier"))
+    bounds = (_interval(binary_intervals.get(f"calibrated_{k}")) for k in ("ece", "brier"))
+    rows.append(["recalibrated", *recalibrated, *bounds])
+    return [
+        "",
+        "## Calibration",
+        "",
+        f"Top-label ECE (15 equal-width bins) and Brier score on the {split} split; "
+        f"recalibration by {how}, {fitted_on}.",
+        "",
+        *_table(["probabilities", "ECE", "Brier", "ECE 95% interval", "Brier 95% interval"], rows),
+        "",
+    ]
+
+
+def _interval(bounds) -> str:
+    return "" if bounds is None else f"[{bounds[0]:.4f}, {bounds[1]:.4f}]"
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    def cell(value):
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    return [
+        "| " + " | ".join(header) + " |",
+        "|---|" + "---|" * (len(header) - 1),
+        *("| " + " | ".join(cell(v) for v in row) + " |" for row in rows),
+    ]
+
+
+def _images(workdir: str, names: list[str]) -> list[str]:
+    """Markdown images of the plots that exist, then a blank line."""
+    found = [n for n in names if os.path.exists(os.path.join(workdir, "plots", n))]
+    return [*(f"![{n[:-4]}](plots/{n})" for n in found), ""] if found else []

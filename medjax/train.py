@@ -26,8 +26,10 @@ from clu import periodic_actions
 from flax import traverse_util
 from flax.training import train_state
 
-from medjax import checkpoint, metrics, optim, parallel, report, writers
+from medjax import checkpoint, operating_point, optim, parallel, writers
+from medjax.data.dataset import SPLITS
 from medjax.errors import ConfigError, NonFiniteError, Preempted
+from medjax.evaluation import evaluate, final_evaluation, model_variables
 from medjax.tasks import Task, build_task
 
 
@@ -80,11 +82,6 @@ def abstract_train_state(
     )
 
 
-def _variables(params, batch_stats) -> dict:
-    """Model variables: the params, and batch statistics where the model keeps them."""
-    return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
-
-
 def _train_step(state: TrainState, batch, *, task: Task, accumulation_steps: int, axis_name):
     """The body shared by the jit and pmap steps: one optimiser step on a batch.
 
@@ -100,7 +97,7 @@ def _train_step(state: TrainState, batch, *, task: Task, accumulation_steps: int
     def loss_and_grads(batch_stats, micro_batch, key):
         def loss_of(params):
             outputs, updates = task.model.apply(
-                _variables(params, batch_stats),
+                model_variables(params, batch_stats),
                 task.model_inputs(micro_batch),
                 train=True,
                 rngs={"dropout": key, "latent": jax.random.fold_in(key, 1)},
@@ -166,32 +163,6 @@ def pmap_train_step(task: Task, accumulation_steps: int = 1):
         _train_step, task=task, accumulation_steps=accumulation_steps, axis_name=parallel.AXIS
     )
     return jax.pmap(step, axis_name=parallel.AXIS, donate_argnums=0)
-
-
-@functools.partial(jax.jit, static_argnames="task")
-def eval_step(state: TrainState, batch, *, task: Task):
-    # Models that sample in evaluation (a VAE's latents) get randomness fixed by the seed and
-    # the batch's first example, so an evaluation is repeatable. Training steps fold in
-    # step numbers; evaluation folds in the largest uint32, a stream no step reaches.
-    eval_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 2**32 - 1)
-    latent_key = jax.random.fold_in(eval_key, batch["index"][0])
-    outputs = task.model.apply(
-        _variables(state.eval_params, state.batch_stats),
-        task.model_inputs(batch),
-        train=False,
-        rngs={"latent": latent_key},
-    )
-    return {**task.eval_outputs_fn(outputs, batch), "valid": batch["valid"]}
-
-
-def evaluate(state: TrainState, task: Task, split: str, mesh) -> tuple[dict, dict]:
-    """Metrics of `split` and its per-example outputs, each example counted exactly once."""
-    gatherer = metrics.OutputGatherer()
-    for batch in task.eval_batches(split):
-        outputs = parallel.gather(eval_step(state, parallel.shard_batch(batch, mesh), task=task))
-        gatherer.add(outputs, outputs.pop("valid"))
-    gathered = gatherer.result()
-    return task.compute_metrics(gathered), gathered
 
 
 PARALLEL = ("jit", "pmap")
@@ -276,15 +247,20 @@ def train_and_evaluate(
     *,
     train: bool = True,
     allow_config_change: bool = False,
+    split: str = "test",
 ) -> dict[str, float]:
     """Trains (or resumes) in `workdir`, then evaluates the best checkpoint on the test split.
 
-    With `train=False`, only evaluates an existing workdir. Returns the test metrics. Bad input
+    With `train=False`, only evaluates an existing workdir, on `split`; the test split alone is
+    logged to metrics.jsonl. Returns the evaluated split's metrics. Bad input
     raises ConfigError before anything is written, as does a config or data that differ from
     the checkpoint's in a way that changes results, unless `allow_config_change`.
     """
+    if split not in SPLITS:
+        raise ConfigError(f"split={split!r}; valid: {', '.join(SPLITS)}")
     task = build_task(config)
     _check_trainer(config, task)
+    operating_point.check(config.evaluation.operating_point, config.evaluation.target_sensitivity)
     trainer = config.trainer
     tx, schedule = optim.create_optimizer(config.optimizer, trainer.num_train_steps)
     checkpoint_dir = os.path.join(workdir, "checkpoints")
@@ -320,7 +296,8 @@ def train_and_evaluate(
                 os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2)
             )
         metrics_path = os.path.join(workdir, "metrics.jsonl")
-        elapsed = writers.keep_metrics_up_to(metrics_path, int(state.step))
+        if train or split == "test":  # another split's evaluation leaves the test line there
+            elapsed = writers.keep_metrics_up_to(metrics_path, int(state.step))
     writer = writers.create_writer(workdir, time.time() - elapsed)
 
     if progress["finished"] or not train:
@@ -330,12 +307,13 @@ def train_and_evaluate(
 
     best = ckpts.restore_best(abstract_state)
     ckpts.close()
-    return _test_and_report(
-        config, task, best[0] if best else state, int(state.step), workdir, writer, mesh
-    )
+    best_state = best[0] if best else state
+    return final_evaluation(config, task, best_state, int(state.step), workdir, writer, mesh, split)
 
 
-# Keys that change no result: a run resumed with other values ends the same.
+# Keys that change no result: a run resumed with other values ends the same. The evaluation and
+# explain sections change only what is computed from a checkpoint, so they are neutral too.
+RESULT_NEUTRAL_SECTIONS = ("evaluation.", "explain.")
 RESULT_NEUTRAL_KEYS = (
     "trainer.log_every_steps",
     "trainer.checkpoint_every_steps",
@@ -349,7 +327,11 @@ RESULT_NEUTRAL_KEYS = (
 def _results_config(config: ml_collections.ConfigDict) -> dict:
     """The config's keys that decide results, flattened, as JSON stores them."""
     flat = traverse_util.flatten_dict(config.to_dict(), sep=".")
-    kept = {k: v for k, v in flat.items() if k not in RESULT_NEUTRAL_KEYS}
+    kept = {
+        k: v
+        for k, v in flat.items()
+        if k not in RESULT_NEUTRAL_KEYS and not k.startswith(RESULT_NEUTRAL_SECTIONS)
+    }
     return json.loads(json.dumps(kept))
 
 
@@ -369,37 +351,6 @@ def _check_unchanged(saved: dict, current: dict, workdir: str, allow: bool) -> N
             "--allow_config_change to go on anyway"
         )
     logging.warning("Going on with a changed config (--allow_config_change): %s", changes)
-
-
-def _test_and_report(config, task, best_state, last_step, workdir, writer, mesh):
-    """Evaluates the best state once on the test split; writes outputs, plots and report."""
-    val_metrics, _ = evaluate(best_state, task, "val", mesh)
-    test_metrics, gathered = evaluate(best_state, task, "test", mesh)
-    intervals = task.metric_intervals(gathered)
-    best_step = int(best_state.step)
-    bounds = {f"{k}_{end}": v for k, (low, high) in intervals.items()
-              for end, v in (("low", low), ("high", high))}  # fmt: skip
-    writer.write_scalars(best_step, {f"test/{k}": v for k, v in (test_metrics | bounds).items()})
-    writer.flush()
-    if jax.process_index() == 0:
-        images = task.write_outputs(
-            workdir, "test", gathered, _variables(best_state.eval_params, best_state.batch_stats)
-        )
-        if images:
-            writer.write_images(best_step, images)
-        report.write(
-            workdir,
-            config=config,
-            description=task.description,
-            num_params=sum(x.size for x in jax.tree.leaves(best_state.params)),
-            best_step=best_step,
-            last_step=last_step,
-            val_metrics=val_metrics,
-            test_metrics=test_metrics,
-            test_intervals=intervals,
-        )
-    logging.info("Test metrics at step %d: %s", best_step, json.dumps(test_metrics))
-    return test_metrics
 
 
 def _train(config, task, state, progress, schedule, ckpts, writer, mesh):

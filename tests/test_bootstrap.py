@@ -17,12 +17,21 @@ def _data(n=300, seed=1):
 def _reference(labels, scores):
     probs = np.stack([1 - scores, scores], 1)
     out = metrics.classification_metrics(labels, probs, threshold=0.5)
-    return {k: out[k] for k in ("auroc", "auprc", *bootstrap.THRESHOLD_METRICS)}
+    (tn, fp), (fn, tp) = metrics.confusion_matrix(labels, (scores >= 0.5).astype(int), 2)
+    out |= {"ppv": tp / (tp + fp), "npv": tn / (tn + fn)}
+    names = ("auroc", "auprc", *bootstrap.THRESHOLD_METRICS, *bootstrap.CALIBRATION_METRICS)
+    return {k: out[k] for k in names}
+
+
+def _weighted(labels, scores, counts):
+    return bootstrap.weighted_metrics(
+        labels, scores, counts, threshold=0.5, calibration_bins=metrics.ECE_BINS
+    )
 
 
 def test_unit_weights_are_the_metrics():
     labels, scores = _data()
-    got = bootstrap.weighted_metrics(labels, scores, np.ones((1, labels.size)), threshold=0.5)
+    got = _weighted(labels, scores, np.ones((1, labels.size)))
     reference = _reference(labels, scores)
     assert got.keys() == reference.keys()
     for name, value in reference.items():
@@ -32,7 +41,7 @@ def test_unit_weights_are_the_metrics():
 def test_counts_are_the_metrics_of_repeated_examples():
     labels, scores = _data(n=120)
     counts = np.random.default_rng(2).integers(0, 4, (3, labels.size)).astype(float)
-    got = bootstrap.weighted_metrics(labels, scores, counts, threshold=0.5)
+    got = _weighted(labels, scores, counts)
     for row, count in enumerate(counts.astype(int)):
         repeated = _reference(np.repeat(labels, count), np.repeat(scores, count))
         for name, value in repeated.items():
@@ -64,6 +73,19 @@ def test_auroc_interval_covers_the_true_value_95_percent_of_the_time():
         low, high = bootstrap.intervals(labels, scores, seed=repetition)["auroc"]
         covered += low <= true_auroc <= high
     assert 0.92 <= covered / repetitions <= 0.98  # binomial sd at 95%: 0.013
+
+
+def test_an_undefined_ratio_leaves_its_resamples_out():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.9])  # one predicted positive at threshold 0.8
+    values = bootstrap.weighted_metrics(labels, scores, np.eye(6)[[0, 3, 4]] + 1, threshold=0.8)
+    assert values["ppv"] == pytest.approx([1.0, 1.0, 1.0])
+    no_positive_called = np.array([[2.0, 2, 2, 1, 1, 0]])  # example 5 not drawn
+    assert np.isnan(
+        bootstrap.weighted_metrics(labels, scores, no_positive_called, threshold=0.8)["ppv"][0]
+    )
+    low, high = bootstrap.intervals(labels, scores, threshold=0.8, num_resamples=200)["ppv"]
+    assert low == high == 1.0  # resamples without the positive call are left out, not counted 0
 
 
 def test_one_class_has_no_interval_and_other_labels_are_refused():

@@ -85,6 +85,8 @@ def test_ehr_rnn_end_to_end(tiny, tmp_path):
     with open(tmp_path / "metrics.jsonl") as f:
         test = [json.loads(line) for line in f][-1]
     assert test["split"] == "test" and test["auroc_low"] <= test["auroc_high"]
+    assert test["temperature"] > 0 and "operating_sensitivity_low" in test
+    assert (tmp_path / "plots" / "calibration.png").stat().st_size > 0
     with open(tmp_path / "predictions" / "test.csv") as f:
         assert len(list(csv.DictReader(f))) == 48
 

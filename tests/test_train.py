@@ -59,6 +59,34 @@ def test_ct_cnn_end_to_end_writes_the_workdir_contract(tiny_config, tmp_path):
     assert f"{test_metrics['auroc']:.4f}" in report and "plots/roc.png" in report
     low, high = lines[-1]["auroc_low"], lines[-1]["auroc_high"]
     assert f"| auroc | {test_metrics['auroc']:.4f} | [{low:.4f}, {high:.4f}] |" in report
+    # Operating point (chosen on val) and calibration, with intervals, in the line and report.
+    test = lines[-1]
+    for name in ("sensitivity", "specificity", "ppv", "npv"):
+        value, low, high = (test[f"operating_{name}{end}"] for end in ("", "_low", "_high"))
+        assert low <= value <= high, name
+        assert f"| {name} | {value:.4f} | [{low:.4f}, {high:.4f}] |" in report
+    assert test["temperature"] > 0 and test["calibrated_ece_low"] <= test["calibrated_ece_high"]
+    assert test["ece_low"] <= test["ece"] <= test["ece_high"]
+    assert "## Operating point" in report and "T = " in report
+    for name in ("calibration", "curves"):
+        assert os.path.getsize(os.path.join(workdir, "plots", f"{name}.png")) > 0
+        assert f"(plots/{name}.png)" in report
+
+    # --mode=evaluate on another split: its metrics, predictions and report; metrics.jsonl kept.
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        history = f.read()
+    best_step = int(test["step"])
+    val_metrics = train.train_and_evaluate(tiny_config, workdir, train=False, split="val")
+    best_val = next(line for line in val if line["step"] == best_step)
+    assert val_metrics["auroc"] == pytest.approx(best_val["auroc"], abs=1e-12)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        assert f.read() == history
+    with open(os.path.join(workdir, "predictions", "val.csv")) as f:
+        assert len(list(csv.DictReader(f))) == 40
+    with open(os.path.join(workdir, "report.md")) as f:
+        report = f.read()
+    assert "on the val split" in report and "in-sample" in report
+    assert f"| val | {val_metrics['accuracy']:.4f} |" in report
 
 
 def test_ct_cnn3d_end_to_end(tiny, tmp_path):

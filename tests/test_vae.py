@@ -371,4 +371,10 @@ def test_ct_vae_end_to_end(tiny, tmp_path, image_shape):
     assert lines[0] == "id,label,nelbo,recon_error" and len(lines) == 49
     test = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert test["anomaly_auroc_low"] <= test["anomaly_auroc_high"]  # 95% bootstrap interval
-    assert "| anomaly_auroc |" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "| anomaly_auroc |" in report
+    # The operating point and the Platt-scaled calibration of the anomaly score.
+    assert test["operating_specificity_low"] <= test["operating_specificity_high"]
+    assert "platt_scale" in test and "temperature" not in test
+    assert "## Operating point" in report and "Platt scaling of the anomaly score" in report
+    assert (tmp_path / "plots" / "calibration.png").stat().st_size > 0

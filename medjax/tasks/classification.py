@@ -58,7 +58,7 @@ def build(config: ml_collections.ConfigDict) -> Task:
 
     def eval_outputs_fn(logits, batch):
         probs = jax.nn.sigmoid(logits) if dataset.multilabel else jax.nn.softmax(logits)
-        return {"probs": probs, "label": batch["label"], "index": batch["index"]}
+        return {"logits": logits, "probs": probs, "label": batch["label"], "index": batch["index"]}
 
     def write_outputs(workdir, split, gathered, variables):
         del variables
@@ -68,6 +68,7 @@ def build(config: ml_collections.ConfigDict) -> Task:
 
     example_image = np.zeros((1, *dataset.image_shape, dataset.channels), np.float32)
     example_label = np.zeros((1, dataset.num_classes) if dataset.multilabel else 1, np.int32)
+    binary = dataset.num_classes == 2 and not dataset.multilabel
     return Task(
         model=model,
         model_inputs=lambda batch: batch["image"],
@@ -75,11 +76,7 @@ def build(config: ml_collections.ConfigDict) -> Task:
         loss_fn=loss_fn,
         eval_outputs_fn=eval_outputs_fn,
         compute_metrics=multilabel_metrics if dataset.multilabel else compute_metrics,
-        metric_intervals=(
-            binary_intervals
-            if dataset.num_classes == 2 and not dataset.multilabel
-            else lambda gathered: {}
-        ),  # fmt: skip
+        metric_intervals=binary_intervals if binary else lambda gathered: {},
         train_batches=train_batches,
         eval_batches=eval_batches,
         write_outputs=write_outputs,
@@ -89,6 +86,7 @@ def build(config: ml_collections.ConfigDict) -> Task:
         + (("brier",) if dataset.multilabel else ("balanced_accuracy", "ece")),
         split_sizes=lambda: image_split_sizes(dataset),
         data_fingerprint=lambda: image_fingerprint(dataset),
+        binary_scores=binary_log_odds if binary else None,
     )
 
 
@@ -186,9 +184,24 @@ def compute_metrics(gathered: dict[str, np.ndarray]) -> dict[str, float]:
     return result
 
 
+HEADLINE_BINARY = ("auroc", "auprc", "accuracy", "sensitivity", "specificity", "ece", "brier")
+
+
 def binary_intervals(gathered: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
-    """95% stratified bootstrap intervals of auroc, auprc, accuracy, sensitivity, specificity."""
-    return bootstrap.intervals(gathered["label"], gathered["probs"][:, 1], threshold=0.5)
+    """95% stratified bootstrap intervals of the headline binary metrics (threshold 0.5)."""
+    found = bootstrap.intervals(
+        gathered["label"],
+        gathered["probs"][:, 1],
+        threshold=0.5,
+        calibration_bins=metrics.ECE_BINS,
+    )
+    return {name: found[name] for name in HEADLINE_BINARY if name in found}
+
+
+def binary_log_odds(gathered: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and the log-odds of class 1 of a two-class softmax."""
+    logits = gathered["logits"].astype(np.float64)
+    return gathered["label"], logits[:, 1] - logits[:, 0]
 
 
 def multilabel_metrics(gathered: dict[str, np.ndarray]) -> dict[str, float]:

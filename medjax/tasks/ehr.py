@@ -93,8 +93,10 @@ def build(config: ml_collections.ConfigDict) -> Task:
         return loss
 
     def eval_outputs_fn(outputs, batch):
-        p = jax.nn.sigmoid(outputs["logits"][:, 0])
-        return {"probs": jnp.stack([1 - p, p], 1), "label": batch["label"], "index": batch["index"]}
+        logit = outputs["logits"][:, 0]
+        p = jax.nn.sigmoid(logit)
+        probs = jnp.stack([1 - p, p], 1)
+        return {"logit": logit, "probs": probs, "label": batch["label"], "index": batch["index"]}
 
     def compute_metrics(gathered):
         result = classification.compute_metrics(gathered)
@@ -132,4 +134,5 @@ def build(config: ml_collections.ConfigDict) -> Task:
                 for k, v in arrays.items()
             }
         ),
+        binary_scores=lambda gathered: (gathered["label"], gathered["logit"].astype(np.float64)),
     )

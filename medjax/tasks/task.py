@@ -45,6 +45,13 @@ class Task:
       selection_metrics: metric names fit to select checkpoints and stop early.
       split_sizes: () -> {split: examples it feeds}, checked before training starts.
       data_fingerprint: () -> a hash of the data, stored with checkpoints (`fingerprint`).
+      binary_scores: gathered arrays -> (0/1 labels [N], scores [N]), higher meaning class 1,
+        for binary tasks: the operating point and calibration are fitted on val's; None where
+        the task is not binary.
+      scores_are_log_odds: the scores are the model's log-odds of class 1 (recalibrated by
+        temperature scaling); otherwise another score (recalibrated by Platt scaling).
+      subgroups: split -> {grouping: group name of each of the split's rows}, for metrics
+        within subgroups of patients (medjax.subgroups); None where the data has no metadata.
     """
 
     model: nn.Module
@@ -61,6 +68,9 @@ class Task:
     selection_metrics: tuple[str, ...]
     split_sizes: Callable[[], dict[str, int]]
     data_fingerprint: Callable[[], str]
+    binary_scores: Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]] | None = None
+    scores_are_log_odds: bool = True
+    subgroups: Callable[[str], dict[str, np.ndarray]] | None = None
 
 
 def fingerprint(arrays: dict[str, np.ndarray]) -> str:

@@ -125,6 +125,8 @@ def build(config: ml_collections.ConfigDict) -> Task:
             dataset, normal_only=config.data.normal_only
         ),
         data_fingerprint=lambda: classification.image_fingerprint(dataset),
+        binary_scores=lambda gathered: (gathered["label"], gathered["nelbo"].astype(np.float64)),
+        scores_are_log_odds=False,
     )
 
 

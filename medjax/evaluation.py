@@ -1,0 +1,182 @@
+"""Evaluation of a trained state: the jitted eval step, a split's metrics, and the final
+evaluation of the best checkpoint, with the operating point and calibration of binary tasks.
+
+The operating point (a threshold) and the recalibration map are fitted on the validation split
+and then applied, unchanged, to the evaluated split (test, unless --mode=evaluate names another).
+"""
+
+import functools
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from scipy import special
+
+from medjax import (
+    bootstrap,
+    calibration,
+    metrics,
+    operating_point,
+    parallel,
+    plots,
+    report,
+    subgroups,
+)
+from medjax.tasks import Task
+
+
+def model_variables(params, batch_stats) -> dict:
+    """Model variables: the params, and batch statistics where the model keeps them."""
+    return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+
+
+@functools.partial(jax.jit, static_argnames="task")
+def eval_step(state, batch, *, task: Task):
+    # Models that sample in evaluation (a VAE's latents) get randomness fixed by the seed and
+    # the batch's first example, so an evaluation is repeatable. Training steps fold in step
+    # numbers; evaluation folds in the largest uint32, a stream no step reaches.
+    eval_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 2**32 - 1)
+    outputs = task.model.apply(
+        model_variables(state.eval_params, state.batch_stats),
+        task.model_inputs(batch),
+        train=False,
+        rngs={"latent": jax.random.fold_in(eval_key, batch["index"][0])},
+    )
+    return {**task.eval_outputs_fn(outputs, batch), "valid": batch["valid"]}
+
+
+def evaluate(state, task: Task, split: str, mesh) -> tuple[dict, dict]:
+    """Metrics of `split` and its per-example outputs, each example counted exactly once."""
+    gatherer = metrics.OutputGatherer()
+    for batch in task.eval_batches(split):
+        outputs = parallel.gather(eval_step(state, parallel.shard_batch(batch, mesh), task=task))
+        gatherer.add(outputs, outputs.pop("valid"))
+    gathered = gatherer.result()
+    return task.compute_metrics(gathered), gathered
+
+
+def binary_evaluation(
+    evaluation: ml_collections.ConfigDict, val, evaluated, *, log_odds: bool, plot_path: str
+) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """The operating point and calibration of binary scores, fitted on `val` and applied to
+    `evaluated` (each a (labels, scores) pair). Returns (values, 95% intervals), named as in
+    metrics.jsonl: `operating_threshold` and `operating_<metric>`; `calibrated_ece` and
+    `calibrated_brier` after temperature scaling (log-odds) or Platt scaling (other scores),
+    with `temperature` or `platt_scale` / `platt_offset`. Writes the reliability diagram."""
+    labels, scores = evaluated
+    threshold = operating_point.choose_threshold(
+        *val, evaluation.operating_point, evaluation.target_sensitivity
+    )
+    values = {"operating_threshold": threshold}
+    values |= {
+        f"operating_{k}": v
+        for k, v in operating_point.at_threshold(labels, scores, threshold).items()
+    }
+    found = bootstrap.intervals(labels, scores, threshold=threshold)
+    intervals = {f"operating_{k}": found[k] for k in bootstrap.THRESHOLD_METRICS if k in found}
+
+    calibrator = (calibration.fit_temperature if log_odds else calibration.fit_platt)(*val)
+    if log_odds:
+        values["temperature"] = calibrator.temperature
+    else:
+        values |= {"platt_scale": calibrator.scale, "platt_offset": calibrator.offset}
+    diagram = {}
+    if log_odds:  # the model's own ece and brier, with intervals, are in the split's metrics
+        model_probs = special.expit(scores)
+        diagram["model"] = (calibration.reliability(labels, model_probs), _ece(labels, model_probs))
+    probs = calibrator(scores)
+    values["calibrated_ece"] = _ece(labels, probs)
+    values["calibrated_brier"] = metrics.brier_score(labels, np.stack([1 - probs, probs], 1))
+    found = bootstrap.intervals(labels, probs, calibration_bins=metrics.ECE_BINS)
+    intervals |= {f"calibrated_{k}": found[k] for k in bootstrap.CALIBRATION_METRICS if k in found}
+    name = f"{calibrator.method} scaling, fitted on val"
+    diagram[name] = (calibration.reliability(labels, probs), values["calibrated_ece"])
+    plots.reliability_diagram(plot_path, diagram)
+    return values, intervals
+
+
+def _ece(labels, probs) -> float:
+    return metrics.expected_calibration_error(labels, np.stack([1 - probs, probs], 1))
+
+
+def final_evaluation(config, task: Task, best_state, last_step: int, workdir: str, writer, mesh,
+                     split: str = "test") -> dict[str, float]:  # fmt: skip
+    """Evaluates the best state once on `split`: its metrics and intervals, and for binary tasks
+    the operating point and calibration fitted on val; writes predictions, plots and the report
+    (and, for the test split, the `test` line of metrics.jsonl). Returns the split's metrics."""
+    val_metrics, val_gathered = evaluate(best_state, task, "val", mesh)
+    split_metrics, gathered = evaluate(best_state, task, split, mesh)
+    intervals = task.metric_intervals(gathered)
+    best_step = int(best_state.step)
+    binary, binary_intervals = {}, {}
+    plots_dir = os.path.join(workdir, "plots")
+    val_scores = task.binary_scores and task.binary_scores(val_gathered)
+    if val_scores and np.unique(val_scores[0]).size < 2:
+        logging.warning("No operating point or calibration: the val split has one class only.")
+    elif val_scores and jax.process_index() == 0:
+        binary, binary_intervals = binary_evaluation(
+            config.evaluation,
+            val_scores,
+            task.binary_scores(gathered),
+            log_odds=task.scores_are_log_odds,
+            plot_path=os.path.join(plots_dir, "calibration.png"),
+        )
+    subgroup_rows = []
+    if binary and task.subgroups is not None:
+        groups = {k: v[gathered["index"]] for k, v in task.subgroups(split).items()}
+        subgroup_rows = subgroups.subgroup_rows(
+            *task.binary_scores(gathered), groups, binary["operating_threshold"]
+        )
+        subgroups.write_csv(os.path.join(workdir, "subgroups.csv"), subgroup_rows)
+    if split == "test":
+        scalars = split_metrics | binary
+        for name, (low, high) in (intervals | binary_intervals).items():
+            scalars |= {f"{name}_low": low, f"{name}_high": high}
+        writer.write_scalars(best_step, {f"test/{k}": v for k, v in scalars.items()})
+        writer.flush()
+    if jax.process_index() == 0:
+        images = task.write_outputs(
+            workdir,
+            split,
+            gathered,
+            model_variables(best_state.eval_params, best_state.batch_stats),
+        )
+        if images:
+            writer.write_images(best_step, images)
+        history = _read_metrics(os.path.join(workdir, "metrics.jsonl"))
+        if any(line["split"] == "train" for line in history):
+            plots.training_curves(
+                os.path.join(plots_dir, "curves.png"),
+                history,
+                config.trainer.selection_metric,
+                best_step,
+            )
+        report.write(
+            workdir,
+            config=config,
+            description=task.description,
+            split_sizes=task.split_sizes(),
+            num_params=sum(x.size for x in jax.tree.leaves(best_state.params)),
+            best_step=best_step,
+            last_step=last_step,
+            split=split,
+            val_metrics=val_metrics,
+            split_metrics=split_metrics,
+            intervals=intervals,
+            binary=binary,
+            binary_intervals=binary_intervals,
+            subgroup_rows=subgroup_rows,
+        )
+    logging.info("%s metrics at step %d: %s", split.capitalize(), best_step,
+                 json.dumps(split_metrics))  # fmt: skip
+    return split_metrics
+
+
+def _read_metrics(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
