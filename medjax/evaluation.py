@@ -146,6 +146,7 @@ def final_evaluation(config, task: Task, best_state, last_step: int, workdir: st
         )
         if images:
             writer.write_images(best_step, images)
+        explain_examples(config, task, best_state, workdir, split)
         history = _read_metrics(os.path.join(workdir, "metrics.jsonl"))
         if any(line["split"] == "train" for line in history):
             plots.training_curves(
@@ -173,6 +174,22 @@ def final_evaluation(config, task: Task, best_state, last_step: int, workdir: st
     logging.info("%s metrics at step %d: %s", split.capitalize(), best_step,
                  json.dumps(split_metrics))  # fmt: skip
     return split_metrics
+
+
+def explain_examples(config, task: Task, state, workdir: str, split: str) -> list[str]:
+    """The task's explanations of the first `config.explain.num_examples` examples of `split`,
+    written to `workdir/plots`; their paths ([] when the task has none)."""
+    settings = config.explain
+    if task.explain is None or settings.num_examples <= 0:
+        return []
+    batch = next(task.eval_batches(split))
+    rows = np.flatnonzero(batch["valid"])[: settings.num_examples]
+    batch = {k: v[rows] for k, v in batch.items()}
+    variables = model_variables(state.eval_params, state.batch_stats)
+    key = jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1)  # no training stream
+    paths = task.explain(os.path.join(workdir, "plots"), split, variables, batch, settings, key)
+    logging.info("Wrote explanations of %d %s examples: %s", len(rows), split, paths)
+    return paths
 
 
 def _read_metrics(path: str) -> list[dict]:

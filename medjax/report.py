@@ -1,5 +1,6 @@
 """report.md: the final summary of a run."""
 
+import math
 import os
 
 import ml_collections
@@ -170,7 +171,9 @@ def _calibration(split, split_metrics, intervals, binary, binary_intervals, fitt
 
 
 def _interval(bounds) -> str:
-    return "" if bounds is None else f"[{bounds[0]:.4f}, {bounds[1]:.4f}]"
+    if bounds is None or math.isnan(bounds[0]):
+        return "n/a"
+    return f"[{bounds[0]:.4f}, {bounds[1]:.4f}]"
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:

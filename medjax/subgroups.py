@@ -11,6 +11,7 @@ from medjax import bootstrap, metrics, operating_point
 AGE_BANDS = ((0, 45, "<45"), (45, 65, "45-64"), (65, 80, "65-79"), (80, math.inf, ">=80"))
 SEXES = {0: "female", 1: "male"}
 ICU_TYPES = {1: "coronary care", 2: "cardiac surgery recovery", 3: "medical", 4: "surgical"}
+ORDER = [*(name for *_, name in AGE_BANDS), *SEXES.values(), *ICU_TYPES.values(), "unknown"]
 COLUMNS = ("grouping", "group", "n", "positives", "auroc", "auroc_low", "auroc_high",
            "sensitivity", "specificity", "ppv", "npv")  # fmt: skip
 
@@ -37,7 +38,7 @@ def subgroup_rows(labels, scores, groups: dict[str, np.ndarray], threshold: floa
     metrics of the operating point `threshold`; nan where a group has one class only."""
     rows = []
     for grouping, names in groups.items():
-        for group in sorted(set(names)):
+        for group in sorted(set(names), key=ORDER.index):
             member = names == group
             y, s = labels[member], scores[member]
             both = 0 < y.sum() < y.size

@@ -29,7 +29,7 @@ from flax.training import train_state
 from medjax import checkpoint, operating_point, optim, parallel, writers
 from medjax.data.dataset import SPLITS
 from medjax.errors import ConfigError, NonFiniteError, Preempted
-from medjax.evaluation import evaluate, final_evaluation, model_variables
+from medjax.evaluation import evaluate, explain_examples, final_evaluation, model_variables
 from medjax.tasks import Task, build_task
 
 
@@ -309,6 +309,35 @@ def train_and_evaluate(
     ckpts.close()
     best_state = best[0] if best else state
     return final_evaluation(config, task, best_state, int(state.step), workdir, writer, mesh, split)
+
+
+def explain(config: ml_collections.ConfigDict, workdir: str, *, split: str = "test") -> list[str]:
+    """Writes explanations of the best checkpoint's predictions on the first
+    `config.explain.num_examples` examples of `split` to `workdir/plots`; returns the paths."""
+    if split not in SPLITS:
+        raise ConfigError(f"split={split!r}; valid: {', '.join(SPLITS)}")
+    task = build_task(config)
+    if task.explain is None:
+        raise ConfigError(f"the {config.task} task has no explanations; they are for the CNNs "
+                          "(task classification) and the RNNs (task ehr)")  # fmt: skip
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
+    missing = ConfigError(f"no checkpoint in {checkpoint_dir}; train first (--mode=train)")
+    if not os.path.isdir(checkpoint_dir):
+        raise missing
+    tx, _ = optim.create_optimizer(config.optimizer, config.trainer.num_train_steps)
+    abstract_state = abstract_train_state(task, tx, parallel.data_mesh(), config.trainer.ema_decay)
+    ckpts = checkpoint.Checkpoints(
+        checkpoint_dir, max_to_keep=config.trainer.max_checkpoints_to_keep
+    )
+    best = ckpts.restore_best(abstract_state)
+    ckpts.close()
+    if best is None:
+        raise missing
+    state, progress = best
+    if "fingerprint" in progress:
+        current = {"config": _results_config(config), "data": task.data_fingerprint()}
+        _check_unchanged(progress["fingerprint"], current, workdir, allow=False)
+    return explain_examples(config, task, state, workdir, split)
 
 
 # Keys that change no result: a run resumed with other values ends the same. The evaluation and

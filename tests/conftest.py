@@ -27,6 +27,7 @@ def shrink(config, *, image_shape=(32, 32), steps=6):
     config.optimizer.warmup_steps = 1
     config.model.width = 0.125
     config.model.hidden_size = 16
+    config.explain.num_examples = 0  # tests that need explanations ask for them
     return config
 
 
@@ -59,6 +60,7 @@ def tiny_ct_cnn_command():
             "trainer.eval_batch_size": 32,
             "trainer.log_every_steps": 1,
             "optimizer.warmup_steps": 1,
+            "explain.num_examples": 0,
         } | changes
         flags = [f"--config.{key}={value}" for key, value in keys.items()]
         return [sys.executable, "-m", "medjax.main", "--config=configs/ct_cnn.py", *flags]

@@ -80,7 +80,9 @@ def test_bad_ehr_config(tiny):
 
 
 def test_ehr_rnn_end_to_end(tiny, tmp_path):
-    metrics = train.train_and_evaluate(tiny("ehr_rnn"), str(tmp_path))
+    config = tiny("ehr_rnn")
+    config.explain.update(num_examples=2, ig_steps=4)
+    metrics = train.train_and_evaluate(config, str(tmp_path))
     assert 0 <= metrics["auroc"] <= 1 and 0 <= metrics["min_se_ppv"] <= 1
     with open(tmp_path / "metrics.jsonl") as f:
         test = [json.loads(line) for line in f][-1]
@@ -88,7 +90,18 @@ def test_ehr_rnn_end_to_end(tiny, tmp_path):
     assert test["temperature"] > 0 and "operating_sensitivity_low" in test
     assert (tmp_path / "plots" / "calibration.png").stat().st_size > 0
     with open(tmp_path / "predictions" / "test.csv") as f:
-        assert len(list(csv.DictReader(f))) == 48
+        predictions = list(csv.DictReader(f))
+    assert len(predictions) == 48
+    with open(tmp_path / "subgroups.csv") as f:
+        rows = list(csv.DictReader(f))
+    for grouping in ("age", "sex", "icu_type"):  # the synthetic cohort records all three
+        group_rows = [r for r in rows if r["grouping"] == grouping]
+        assert sum(int(r["n"]) for r in group_rows) == 48, grouping
+        positives = sum(int(r["label"]) for r in predictions)
+        assert sum(int(r["positives"]) for r in group_rows) == positives, grouping
+    plots = {p.name for p in (tmp_path / "plots").iterdir()}
+    assert {"integrated_gradients_test_variables.png"} <= plots
+    assert sum(p.startswith("integrated_gradients_test_patient_") for p in plots) == 2
 
 
 @pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason="../shared/data is absent")

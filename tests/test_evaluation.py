@@ -6,7 +6,7 @@ from scipy import special
 from sklearn import linear_model
 from sklearn import metrics as sk_metrics
 
-from medjax import calibration, evaluation, metrics, operating_point
+from medjax import calibration, evaluation, metrics, operating_point, subgroups
 from medjax.errors import ConfigError
 
 
@@ -124,3 +124,26 @@ def test_binary_evaluation_fits_on_val_and_applies_to_the_evaluated_split(tmp_pa
     assert values["temperature"] == calibration.fit_temperature(*val).temperature
     assert values["calibrated_ece"] < 0.05
     assert tmp_path.joinpath("calibration.png").stat().st_size > 0
+
+
+def test_subgroups_name_the_bands_and_compute_each_group_alone():
+    age = np.array([30, 44.9, 45, 64.9, 65, 80, np.nan, 90])
+    gender = np.array([0, 1, 1, 0, np.nan, 1, 0, 0])
+    groups = subgroups.icu_groups(age, gender, np.full(8, np.nan))
+    assert list(groups) == ["age", "sex"]  # no ICU type recorded: that grouping is left out
+    assert list(groups["age"]) == ["<45", "<45", "45-64", "45-64", "65-79", ">=80", "unknown",
+                                   ">=80"]  # fmt: skip
+    assert list(groups["sex"]) == ["female", "male", "male", "female", "unknown", "male",
+                                   "female", "female"]  # fmt: skip
+
+    labels, scores = _cohort(600, 10)
+    names = np.random.default_rng(0).choice(["female", "male", "unknown"], 600)
+    rows = subgroups.subgroup_rows(labels, scores, {"sex": names}, threshold=0.2)
+    assert [r["group"] for r in rows] == ["female", "male", "unknown"]
+    for row in rows:
+        member = names == row["group"]
+        assert row["n"] == member.sum() and row["positives"] == labels[member].sum()
+        assert row["auroc"] == metrics.roc_auc(labels[member], scores[member])
+        assert row["auroc_low"] <= row["auroc"] <= row["auroc_high"]
+        expected = operating_point.at_threshold(labels[member], scores[member], 0.2)
+        assert row["sensitivity"] == expected["sensitivity"]

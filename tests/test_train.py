@@ -9,8 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from medjax import checkpoint, optim, parallel, train
+from medjax import checkpoint, explain, optim, parallel, train
 from medjax.tasks import build_task
+
+EXPLANATIONS = [f"{method}_test" for method in explain.IMAGE_METHODS]
 
 
 def _lines(workdir):
@@ -31,6 +33,7 @@ def _latest_params(workdir, config):
 
 def test_ct_cnn_end_to_end_writes_the_workdir_contract(tiny_config, tmp_path):
     workdir = str(tmp_path)
+    tiny_config.explain.update(num_examples=2, smoothgrad_samples=2, ig_steps=4)
     test_metrics = train.train_and_evaluate(tiny_config, workdir)
 
     lines = _lines(workdir)
@@ -68,7 +71,7 @@ def test_ct_cnn_end_to_end_writes_the_workdir_contract(tiny_config, tmp_path):
     assert test["temperature"] > 0 and test["calibrated_ece_low"] <= test["calibrated_ece_high"]
     assert test["ece_low"] <= test["ece"] <= test["ece_high"]
     assert "## Operating point" in report and "T = " in report
-    for name in ("calibration", "curves"):
+    for name in ("calibration", "curves", *EXPLANATIONS):
         assert os.path.getsize(os.path.join(workdir, "plots", f"{name}.png")) > 0
         assert f"(plots/{name}.png)" in report
 

@@ -111,6 +111,7 @@ def _grid(records, labels, data):
 
 
 _NUMERIC = [physionet2012.DESCRIPTORS.index(d) for d in ("Age", "Height", "Weight")]
+_AGE = physionet2012.DESCRIPTORS.index("Age")
 _GENDER = physionet2012.DESCRIPTORS.index("Gender")
 _ICU_TYPE = physionet2012.DESCRIPTORS.index("ICUType")
 
@@ -140,6 +141,10 @@ def _prepare(arrays, mean, std, static_stats, imputation):
         "static": static,
         "labels": arrays["labels"],
         "ids": arrays["record_ids"].astype(str),
+        # Raw descriptors for subgroup metrics (NaN: not recorded); not model inputs.
+        "age": descriptors[:, _AGE].astype(np.float32),
+        "gender": descriptors[:, _GENDER].astype(np.float32),
+        "icu_type": descriptors[:, _ICU_TYPE].astype(np.float32),
     }
 
 

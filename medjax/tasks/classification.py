@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from medjax import bootstrap, losses, metrics, parallel, plots
+from medjax import bootstrap, explain, losses, metrics, parallel, plots
 from medjax.data import image_dataset, pipeline, transforms
 from medjax.data.dataset import SPLITS
 from medjax.errors import ConfigError
@@ -66,6 +66,24 @@ def build(config: ml_collections.ConfigDict) -> Task:
         write_outputs_of(workdir, split, gathered, ids, dataset.class_names, dataset.name)
         return {}
 
+    baseline = float(model_input(tf.constant(background_of(dataset)), dataset, config.data))
+
+    def explain_fn(plots_dir, split, variables, batch, settings, key):
+        return explain.write_image_explanations(
+            plots_dir,
+            model,
+            variables,
+            batch["image"],
+            batch["label"],
+            dataset.load_split(split)["ids"][batch["index"]],
+            baseline=baseline,
+            num_samples=settings.smoothgrad_samples,
+            noise_std=settings.smoothgrad_noise * 2.0,  # inputs span [-1, 1]
+            ig_steps=settings.ig_steps,
+            key=key,
+            suffix=split,
+        )
+
     example_image = np.zeros((1, *dataset.image_shape, dataset.channels), np.float32)
     example_label = np.zeros((1, dataset.num_classes) if dataset.multilabel else 1, np.int32)
     binary = dataset.num_classes == 2 and not dataset.multilabel
@@ -87,6 +105,7 @@ def build(config: ml_collections.ConfigDict) -> Task:
         split_sizes=lambda: image_split_sizes(dataset),
         data_fingerprint=lambda: image_fingerprint(dataset),
         binary_scores=binary_log_odds if binary else None,
+        explain=explain_fn if binary else None,  # the score explained: the log-odds of class 1
     )
 
 
@@ -115,15 +134,13 @@ def image_pipelines(config: ml_collections.ConfigDict, dataset, *, normal_only: 
     """
     data = config.data
     process_index, process_count = jax.process_index(), jax.process_count()
-    background = -1000.0 if dataset.intensity == "hu" else 0.0  # air; black
+    background = background_of(dataset)
 
     def with_channels(pixels):
         return pixels if dataset.channels > 1 else pixels[..., None]
 
     def to_input(image):
-        if dataset.intensity == "hu":
-            return transforms.window(image, data.window_center, data.window_width)
-        return transforms.scale_uint8(image)
+        return model_input(image, dataset, data)
 
     def train_batches(start_step):
         arrays = dataset.load_split("train")
@@ -173,6 +190,18 @@ def image_pipelines(config: ml_collections.ConfigDict, dataset, *, normal_only: 
         )
 
     return train_batches, eval_batches
+
+
+def background_of(dataset) -> float:
+    """The background in the images' own units: air (-1000 HU) or black."""
+    return -1000.0 if dataset.intensity == "hu" else 0.0
+
+
+def model_input(image: tf.Tensor, dataset, data: ml_collections.ConfigDict) -> tf.Tensor:
+    """Raw pixels (HU or 0..255) -> the model's input in [-1, 1]: windowed CT or scaled uint8."""
+    if dataset.intensity == "hu":
+        return transforms.window(image, data.window_center, data.window_width)
+    return transforms.scale_uint8(image)
 
 
 def compute_metrics(gathered: dict[str, np.ndarray]) -> dict[str, float]:

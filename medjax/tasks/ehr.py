@@ -6,8 +6,8 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from medjax import losses, metrics
-from medjax.data import ehr, pipeline
+from medjax import explain, losses, metrics, subgroups
+from medjax.data import ehr, physionet2012, pipeline
 from medjax.errors import ConfigError
 from medjax.models import rnn
 from medjax.tasks import classification
@@ -110,6 +110,19 @@ def build(config: ml_collections.ConfigDict) -> Task:
         classification.write_outputs_of(workdir, split, gathered, ids, CLASS_NAMES, dataset.name)
         return {}
 
+    def explain_fn(plots_dir, split, variables, batch, settings, key):
+        del key  # integrated gradients are deterministic
+        return explain.write_series_explanations(
+            plots_dir,
+            model,
+            variables,
+            {k: batch[k] for k in INPUTS},
+            dataset.splits[split]["ids"][batch["index"]],
+            physionet2012.VARIABLES,
+            ig_steps=settings.ig_steps,
+            suffix=split,
+        )
+
     example = {k: v[:1] for k, v in dataset.splits["train"].items() if k in INPUTS}
     return Task(
         model=model,
@@ -135,4 +148,8 @@ def build(config: ml_collections.ConfigDict) -> Task:
             }
         ),
         binary_scores=lambda gathered: (gathered["label"], gathered["logit"].astype(np.float64)),
+        explain=explain_fn,
+        subgroups=lambda split: subgroups.icu_groups(
+            *(dataset.splits[split][k] for k in ("age", "gender", "icu_type"))
+        ),
     )

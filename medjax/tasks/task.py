@@ -52,6 +52,8 @@ class Task:
         temperature scaling); otherwise another score (recalibrated by Platt scaling).
       subgroups: split -> {grouping: group name of each of the split's rows}, for metrics
         within subgroups of patients (medjax.subgroups); None where the data has no metadata.
+      explain: (plots dir, split, model variables, a batch of examples, the `explain` config,
+        a PRNG key) -> paths of the attribution plots written (medjax.explain); None: none.
     """
 
     model: nn.Module
@@ -71,6 +73,7 @@ class Task:
     binary_scores: Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]] | None = None
     scores_are_log_odds: bool = True
     subgroups: Callable[[str], dict[str, np.ndarray]] | None = None
+    explain: Callable[..., list[str]] | None = None
 
 
 def fingerprint(arrays: dict[str, np.ndarray]) -> str:
