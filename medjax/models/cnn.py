@@ -162,6 +162,11 @@ class ResNet(nn.Module):
                     name=f"stage{i}_block{j}",
                 )
                 x = block(x, train=train)
+        # Grad-CAM (medjax.explain): the last stage's maps, and d(logits)/d(maps) as the gradient
+        # w.r.t. a zero 'perturbations' variable; both are no-ops unless the caller asks for them.
+        self.sow("intermediates", "features", x)
+        if self.has_variable("perturbations", "features"):
+            x = x + self.get_variable("perturbations", "features")
         x = jnp.mean(x, axis=tuple(range(1, ndim + 1)))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)
