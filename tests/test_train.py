@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from medjax import checkpoint, explain, optim, parallel, train
+from medjax.errors import ConfigError
 from medjax.tasks import build_task
 
 EXPLANATIONS = [f"{method}_test" for method in explain.IMAGE_METHODS]
@@ -90,6 +91,23 @@ def test_ct_cnn_end_to_end_writes_the_workdir_contract(tiny_config, tmp_path):
         report = f.read()
     assert "on the val split" in report and "in-sample" in report
     assert f"| val | {val_metrics['accuracy']:.4f} |" in report
+
+    # --mode=explain on another split writes that split's explanations, and nothing else.
+    paths = train.explain(tiny_config, workdir, split="val")
+    assert sorted(os.path.basename(p) for p in paths) == sorted(
+        f"{method}_val.png" for method in explain.IMAGE_METHODS
+    )
+    assert all(os.path.getsize(p) > 0 for p in paths)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        assert f.read() == history
+
+
+def test_explain_refuses_a_task_without_explanations_and_a_missing_checkpoint(tiny, tmp_path):
+    with pytest.raises(ConfigError, match="the vae task has no explanations"):
+        train.explain(tiny("ct_vae"), str(tmp_path))
+    with pytest.raises(ConfigError, match="no checkpoint in .*; train first"):
+        train.explain(tiny("ct_cnn"), str(tmp_path))
+    assert not os.listdir(tmp_path)
 
 
 def test_ct_cnn3d_end_to_end(tiny, tmp_path):
