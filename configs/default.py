@@ -74,6 +74,8 @@ def get_config() -> ml_collections.ConfigDict:
     data.num_val = 1000
     data.num_test = 2000
     data.balanced_sampling = False  # oversample smaller classes to the largest one
+    data.num_folds = 0  # K >= 2: K-fold cross-validation by patient, fold data.fold is test
+    data.fold = 0  # with num_folds: the test fold; val is data.val_fraction of the others
     # Images.
     data.image_shape = (64, 64)  # synthetic data: (H, W) slices or (D, H, W) volumes
     data.spacing = (5.0, 5.0, 5.0)  # ct_folder: voxel size (z, y, x), mm, after resampling

@@ -115,7 +115,7 @@ def write(
     plots = sorted(p for p in os.listdir(os.path.join(workdir, "plots")) if p.endswith(".png"))
     explained = [p for p in plots if p.startswith(EXPLANATION_METHODS)]
     if explained:
-        lines += ["## Explanations (--mode=explain)", "", *_images(workdir, explained)]
+        lines += ["## Explanations", "", *_images(workdir, explained)]
     shown = {"curves.png", "calibration.png", *explained}
     lines += [f"## Plots ({split} split)", "", *_images(workdir, sorted(set(plots) - shown))]
     writers.write_atomically(os.path.join(workdir, "report.md"), "\n".join(lines) + "\n")

@@ -7,7 +7,7 @@ import numpy as np
 
 from medjax.data import medmnist, synthetic_ct
 from medjax.data.ct_folder import ct_folder_dataset
-from medjax.data.dataset import SPLITS, ImageDataset
+from medjax.data.dataset import SPLITS, ImageDataset, fold_note, fold_split, folds_enabled
 from medjax.errors import ConfigError
 
 
@@ -15,7 +15,7 @@ def synthetic_ct_dataset(data: ml_collections.ConfigDict) -> ImageDataset:
     sizes = {"train": data.num_train, "val": data.num_val, "test": data.num_test}
 
     @functools.cache
-    def load_split(split):
+    def generated(split):
         return synthetic_ct.generate(
             sizes[split],
             image_shape=data.image_shape,
@@ -23,6 +23,8 @@ def synthetic_ct_dataset(data: ml_collections.ConfigDict) -> ImageDataset:
             split=split,
             positive_fraction=data.positive_fraction,
         )
+
+    load_split = pooled_folds(generated, data) if folds_enabled(data) else generated
 
     kind = "volumes" if len(data.image_shape) == 3 else "axial slices"
     return ImageDataset(
@@ -34,13 +36,33 @@ def synthetic_ct_dataset(data: ml_collections.ConfigDict) -> ImageDataset:
         description=(
             f"synthetic chest CT {kind} of shape {tuple(data.image_shape)} (data seed "
             f"{data.seed}); {sizes['train']}/{sizes['val']}/{sizes['test']} train/val/test "
-            f"patients, {data.positive_fraction:.0%} with a suspicious nodule"
+            f"patients, {data.positive_fraction:.0%} with a suspicious nodule{fold_note(data)}"
         ),
     )
 
 
+def pooled_folds(load_split, data: ml_collections.ConfigDict):
+    """load_split over K-fold splits of all the examples of `load_split`'s splits pooled, each
+    example its own patient (`dataset.fold_split`)."""
+    parts = [load_split(split) for split in SPLITS]
+    pooled = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+    folds = dict(zip(("test", "val", "train"), fold_split(pooled["labels"], data)))
+
+    @functools.cache
+    def load_fold(split):
+        return {k: v[folds[split]] for k, v in pooled.items()}
+
+    return load_fold
+
+
 def medmnist_dataset(data: ml_collections.ConfigDict) -> ImageDataset:
     """The MedMNIST dataset data.name from data.dir (downloaded there when absent)."""
+    if folds_enabled(data):
+        raise ConfigError(
+            f"data.num_folds={data.num_folds}: MedMNIST's official split is the only one known "
+            "to keep each patient in one split (patient ids are not distributed), so it is not "
+            "cross-validated; use data.num_folds=0"
+        )
     base, size = medmnist.parse_name(data.name)
     info = medmnist.INFO[base]
     if not data.dir:

@@ -29,7 +29,14 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from medjax.data import ct_volume
-from medjax.data.dataset import SPLITS, ImageDataset, stratified_split
+from medjax.data.dataset import (
+    SPLITS,
+    ImageDataset,
+    fold_note,
+    fold_split,
+    folds_enabled,
+    stratified_split,
+)
 from medjax.errors import ConfigError
 
 LABELS = "labels.csv"
@@ -61,13 +68,7 @@ def ct_folder_dataset(data: ml_collections.ConfigDict) -> ImageDataset:
     paths = scan_paths(data.dir, [r.scan_id for r in rows], labels_path)
     labels = np.array([r.label for r in rows], np.int32)
     num_classes = _num_classes(labels, labels_path)
-    splits = assign_splits(
-        rows,
-        seed=data.seed,
-        test_fraction=data.test_fraction,
-        val_fraction=data.val_fraction,
-        labels_path=labels_path,
-    )
+    splits = assign_splits(rows, data=data, labels_path=labels_path)
     builder = CtFolder(
         paths=paths,
         spacing=tuple(float(s) for s in data.spacing),
@@ -98,6 +99,7 @@ def ct_folder_dataset(data: ml_collections.ConfigDict) -> ImageDataset:
             f"{len({r.patient_id for r in rows})} patients, class counts "
             f"{np.bincount(labels).tolist()}; {tuple(data.image_shape)} voxels of "
             f"{tuple(data.spacing)} mm ({data.ct_geometry}), cached in {builder.data_dir}"
+            f"{fold_note(data)}"
         ),
     )
 
@@ -171,10 +173,19 @@ def scan_paths(directory: str, scan_ids: list[str], labels_path: str) -> dict[st
 
 
 def assign_splits(
-    rows: list[Row], *, seed: int, test_fraction: float, val_fraction: float, labels_path: str
+    rows: list[Row], *, data: ml_collections.ConfigDict, labels_path: str
 ) -> dict[str, np.ndarray]:
-    """Row indices of each split; all of a patient's scans land in one split."""
+    """Row indices of each split; all of a patient's scans land in one split: the split column,
+    or patients split by data.seed, stratified by their highest label, into data.test_fraction,
+    data.val_fraction and the rest, or (data.num_folds) K-fold cross-validation by patient."""
     split_of = {}
+    cross_validate = folds_enabled(data)
+    if rows[0].split and cross_validate:
+        raise ConfigError(
+            f"{labels_path} has a split column, and data.num_folds={data.num_folds} asks for "
+            "cross-validation, which draws the splits itself: drop the column or use "
+            "data.num_folds=0"
+        )
     if rows[0].split:
         for row in rows:
             if split_of.setdefault(row.patient_id, row.split) != row.split:
@@ -188,11 +199,12 @@ def assign_splits(
         for row in rows:
             highest[row.patient_id] = max(highest.get(row.patient_id, 0), row.label)
         patients = sorted(highest)
-        parts = stratified_split(
-            np.array([highest[p] for p in patients]),
-            (test_fraction, val_fraction),
-            np.random.default_rng(seed),
-        )
+        patient_labels = np.array([highest[p] for p in patients])
+        if cross_validate:
+            parts = fold_split(patient_labels, data)
+        else:
+            fractions = (data.test_fraction, data.val_fraction)
+            parts = stratified_split(patient_labels, fractions, np.random.default_rng(data.seed))
         for split, members in zip(("test", "val", "train"), parts):
             split_of.update({patients[i]: split for i in members})
     splits = {

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 
 from medjax.data import physionet2012, synthetic_icu
-from medjax.data.dataset import stratified_split
+from medjax.data.dataset import SPLITS, fold_note, fold_split, folds_enabled, stratified_split
 from medjax.errors import ConfigError
 
 IMPUTATIONS = ("zero", "forward_fill")
@@ -51,6 +51,10 @@ def load(data: ml_collections.ConfigDict) -> EHRDataset:
             for split, size in (("train", data.num_train), ("val", data.num_val),
                                 ("test", data.num_test))
         }  # fmt: skip
+        if folds_enabled(data):  # every stay is its own patient
+            records = [r for split in SPLITS for r in splits[split][0]]
+            labels = np.concatenate([splits[split][1] for split in SPLITS])
+            splits = _folds(records, labels, data)
         description = "synthetic ICU cohort"
     elif data.name == "physionet2012":
         splits = _physionet_splits(data)
@@ -60,6 +64,7 @@ def load(data: ml_collections.ConfigDict) -> EHRDataset:
             f"unknown dataset data.name={data.name!r} for the ehr task; "
             "valid names: synthetic_ehr, physionet2012"
         )
+    description += fold_note(data)
     gridded = {split: _grid(records, labels, data) for split, (records, labels) in splits.items()}
     mean, std = physionet2012.fit_normalizer(gridded["train"]["values"], gridded["train"]["mask"])
     static_stats = _fit_static(gridded["train"]["descriptors"])
@@ -87,7 +92,15 @@ def _physionet_splits(data):
             "data.name=physionet2012 needs --config.data.dir=DIR, a folder with set-a.tar.gz (or "
             f"set-a/) and Outcomes-a.txt as distributed at {physionet2012.URL}"
         )
+    cross_validate = folds_enabled(data)
+    if cross_validate and data.test_set != "a":
+        raise ConfigError(
+            f"data.num_folds={data.num_folds} cross-validates within set A, but "
+            f"data.test_set={data.test_set!r} tests on a whole other set: use one or the other"
+        )
     records, labels, _ = physionet2012.read_set(data.dir, "a")
+    if cross_validate:
+        return _folds(records, labels, data)
     rng = np.random.default_rng(data.seed)
     held_out = data.test_fraction if data.test_set == "a" else 0.0
     parts = stratified_split(labels, (held_out, data.val_fraction), rng)
@@ -97,6 +110,12 @@ def _physionet_splits(data):
         test_records, test_labels, _ = physionet2012.read_set(data.dir, data.test_set)
         splits["test"] = (test_records, test_labels)
     return splits
+
+
+def _folds(records, labels, data):
+    """{split: (records, labels)} of K-fold cross-validation, one stay per patient."""
+    parts = fold_split(labels, data)
+    return {name: _take(records, labels, idx) for name, idx in zip(("test", "val", "train"), parts)}
 
 
 def _take(records, labels, indices):

@@ -35,6 +35,7 @@ _INDEX = np.array([physionet2012.VARIABLES.index(v) for v in _VARIABLES], np.int
 _MEAN, _SD, _LOADING, _RATE = (np.array(c, np.float32) for c in zip(*_VARIABLES.values()))
 _LABS = _RATE < 0.1  # sicker patients get many more labs drawn
 _SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
+_MAX_STAYS = 1_000_000  # per split
 _GRID_HOURS = 0.25  # the latent trajectory's resolution
 
 
@@ -42,10 +43,14 @@ def generate(num_stays: int, *, seed: int, split: str, hours: float = 48.0):
     """Returns (records: list[physionet2012.Record], labels int32 [N])."""
     if split not in _SPLIT_STREAMS:
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(_SPLIT_STREAMS)}")
+    if num_stays > _MAX_STAYS:
+        raise ValueError(f"num_stays={num_stays}: at most {_MAX_STAYS:,} stays per split")
     records, labels = [], np.empty(num_stays, np.int32)
     for i in range(num_stays):
         rng = np.random.default_rng((seed, _SPLIT_STREAMS[split], i))
-        record, labels[i] = _stay(rng, record_id=i, hours=hours)
+        # Ids are unique over the splits (pooled by cross-validation): split stream, then index.
+        record_id = _SPLIT_STREAMS[split] * _MAX_STAYS + i
+        record, labels[i] = _stay(rng, record_id=record_id, hours=hours)
         records.append(record)
     return records, labels
 
