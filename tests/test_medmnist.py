@@ -6,11 +6,11 @@ import io
 import json
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+from configs import default
 from configs import medmnist as medmnist_config
 from medjax import metrics, train
 from medjax.data import image_dataset, medmnist
@@ -45,7 +45,9 @@ def write_npz(directory, name, sizes=(24, 8, 12), *, column_labels=True, seed=0)
 
 
 def data_config(directory, name, download=False):
-    return ml_collections.ConfigDict({"name": name, "dir": str(directory), "download": download})
+    data = default.get_config().data
+    data.update(name=name, dir=str(directory), download=download)
+    return data
 
 
 class TestNames:
