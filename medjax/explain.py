@@ -83,10 +83,13 @@ def log_odds(logits: jax.Array) -> jax.Array:
     return logits[:, 1] - logits[:, 0]
 
 
-def gradcam(model, variables: dict, x: jax.Array, logit_score=log_odds) -> jax.Array:
+def gradcam(
+    model, variables: dict, x: jax.Array, logit_score=log_odds, *, upsample: bool = True
+) -> jax.Array:
     """Grad-CAM of `logit_score(logits)` [B] for a `medjax.models.cnn.ResNet` on [B, *S, C]:
     ReLU(sum_k w_k A_k) over the last stage's maps A_k, w_k the spatial mean of d score / d A_k,
-    linearly resized to the input's spatial size S; returns [B, *S], not normalised."""
+    linearly resized to the input's spatial size S ([B, *S]), or with `upsample=False` at the
+    maps' own resolution; not normalised."""
 
     def score(perturbation):
         logits, state = model.apply(
@@ -104,7 +107,7 @@ def gradcam(model, variables: dict, x: jax.Array, logit_score=log_odds) -> jax.A
     spatial = tuple(range(1, features.ndim - 1))
     weights = jnp.mean(grads, axis=spatial, keepdims=True)
     cam = jax.nn.relu(jnp.sum(weights * features, axis=-1)).astype(jnp.float32)
-    return jax.image.resize(cam, x.shape[:-1], "linear")
+    return jax.image.resize(cam, x.shape[:-1], "linear") if upsample else cam
 
 
 def series_integrated_gradients(
