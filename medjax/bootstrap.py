@@ -122,6 +122,49 @@ def paired_intervals(
     return _percentiles({name: a[name] - b[name] for name in a}, level)  # fmt: skip
 
 
+def class_intervals(
+    labels, probs, *, num_resamples=NUM_RESAMPLES, seed=0, level=0.95, chunk=100
+) -> dict[str, tuple[float, float]]:
+    """Intervals of `auroc` and `accuracy` as `medjax.metrics` defines them for more than two
+    classes: single-label integer `labels` [N] (macro one-vs-rest AUROC, argmax accuracy; the
+    bootstrap stratified by class) or multi-label 0/1 `labels` [N, C] (the mean of the outputs'
+    AUROCs, each output's accuracy at 0.5; rows resampled without strata, so an output whose
+    positives a resample misses is left out of that resample's mean). `probs` is [N, C]."""
+    labels, probs = np.asarray(labels), np.asarray(probs, np.float64)
+    if labels.shape[0] != probs.shape[0] or labels.ndim not in (1, 2):
+        raise ValueError(
+            f"class intervals need labels [N] or [N, C] and probs [N, C]; got {labels.shape} "
+            f"and {probs.shape}"
+        )
+    rng = np.random.default_rng(seed)
+    values = {"auroc": [], "accuracy": []}
+    for start in range(0, num_resamples, chunk):
+        size = min(chunk, num_resamples - start)
+        if labels.ndim == 2:
+            uniform = np.full(labels.shape[0], 1.0 / labels.shape[0])
+            counts = rng.multinomial(labels.shape[0], uniform, size=size).astype(np.float64)
+        else:
+            counts = resample_counts(labels, size, rng)
+        for name, value in weighted_class_metrics(labels, probs, counts).items():
+            values[name].append(value)
+    return _percentiles({name: np.concatenate(v) for name, v in values.items()}, level)
+
+
+def weighted_class_metrics(labels, probs, counts) -> dict[str, np.ndarray]:
+    """`class_intervals`' auroc and accuracy under each row of example weights `counts` [R, N]."""
+    multilabel = labels.ndim == 2
+    onehot = labels == 1 if multilabel else labels[:, None] == np.arange(probs.shape[1])
+    present = [c for c in range(probs.shape[1]) if 0 < onehot[:, c].sum() < len(labels)]
+    with np.errstate(invalid="ignore", divide="ignore"):  # a class a resample did not draw
+        aurocs = [
+            weighted_metrics(onehot[:, c].astype(np.int64), probs[:, c], counts)["auroc"]
+            for c in present
+        ]
+        auroc = np.nanmean(np.stack(aurocs), axis=0) if aurocs else np.full(len(counts), np.nan)
+    correct = np.mean((probs >= 0.5) == onehot, 1) if multilabel else probs.argmax(1) == labels
+    return {"auroc": auroc, "accuracy": counts @ correct / counts.sum(1)}
+
+
 def _checked(labels, *scores) -> tuple[np.ndarray, list[np.ndarray]]:
     """Labels and float64 scores, or ValueError unless they are 1-D, 0/1 and of one length."""
     labels, scores = np.asarray(labels), [np.asarray(s, np.float64) for s in scores]

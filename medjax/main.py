@@ -6,7 +6,9 @@
 `train` trains (or resumes, or on a finished workdir re-evaluates) and writes the outputs;
 `evaluate` evaluates the workdir's best checkpoint on `--split` (test) without training, and
 rewrites the report; `explain` writes attribution plots of the best checkpoint for the first
-examples of `--split` to plots/ (also written at the end of training).
+examples of `--split` to plots/ (also written at the end of training); `predict` scores every
+example of the data the config names (say `--config.data.dir=NEW`) with the best checkpoint into
+predictions/<data name>_<folder>.csv.
 
 Every device is used. On several hosts, run the same command in every process with
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`, or with none of them where
@@ -25,7 +27,9 @@ PREEMPTED_EXIT_STATUS = 143  # 128 + SIGTERM, what the signal would have given
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics, plots and the report.")
-flags.DEFINE_enum("mode", "train", ["train", "evaluate", "explain"], "What to do with the workdir.")
+flags.DEFINE_enum(
+    "mode", "train", ["train", "evaluate", "explain", "predict"], "What to do with the workdir."
+)
 flags.DEFINE_enum("split", "test", ["train", "val", "test"], "The split evaluate/explain use.")
 flags.DEFINE_bool(
     "allow_config_change", False, "Resume although the config or data differ from the checkpoint's."
@@ -76,6 +80,9 @@ def main(argv):
         parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         if FLAGS.mode == "explain":
             train.explain(FLAGS.config, FLAGS.workdir, split=FLAGS.split)
+            return
+        if FLAGS.mode == "predict":
+            train.predict(FLAGS.config, FLAGS.workdir)
             return
         train.train_and_evaluate(
             FLAGS.config,

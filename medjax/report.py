@@ -68,8 +68,8 @@ def write(
             "",
             f"## {split.capitalize()} metrics with 95% intervals",
             "",
-            f"Stratified bootstrap (classes resampled apart), {bootstrap.NUM_RESAMPLES} "
-            "resamples, percentile intervals.",
+            f"Bootstrap of the examples, {bootstrap.NUM_RESAMPLES} resamples, percentile "
+            "intervals; stratified (each class resampled apart) but for multi-label data.",
             "",
             *_table(
                 ["metric", split, "95% interval"],

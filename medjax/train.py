@@ -320,6 +320,15 @@ def explain(config: ml_collections.ConfigDict, workdir: str, *, split: str = "te
     if task.explain is None:
         raise ConfigError(f"the {config.task} task has no explanations; they are for the CNNs "
                           "(task classification) and the RNNs (task ehr)")  # fmt: skip
+    state, progress = _restore_best(config, task, workdir)
+    if "fingerprint" in progress:
+        current = {"config": _results_config(config), "data": task.data_fingerprint()}
+        _check_unchanged(progress["fingerprint"], current, workdir, allow=False)
+    return explain_examples(config, task, state, workdir, split)
+
+
+def _restore_best(config: ml_collections.ConfigDict, task: Task, workdir: str):
+    """(state, progress) of the best checkpoint of `workdir`; ConfigError when there is none."""
     checkpoint_dir = os.path.join(workdir, "checkpoints")
     missing = ConfigError(f"no checkpoint in {checkpoint_dir}; train first (--mode=train)")
     if not os.path.isdir(checkpoint_dir):
@@ -333,11 +342,56 @@ def explain(config: ml_collections.ConfigDict, workdir: str, *, split: str = "te
     ckpts.close()
     if best is None:
         raise missing
-    state, progress = best
-    if "fingerprint" in progress:
-        current = {"config": _results_config(config), "data": task.data_fingerprint()}
-        _check_unchanged(progress["fingerprint"], current, workdir, allow=False)
-    return explain_examples(config, task, state, workdir, split)
+    return best
+
+
+# What --mode=predict needs to match the training run's: the model, and the rules that turn
+# data into its inputs. The data itself (name, folder, splits) may differ.
+PREDICT_MATCHED_KEYS = ("task", "dtype", "data.image_shape", "data.window_center",
+                        "data.window_width", "data.spacing", "data.ct_geometry", "data.hours",
+                        "data.step_hours", "data.imputation")  # fmt: skip
+
+
+def predict(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Scores every example of the data `config.data` names (all its splits) with the best
+    checkpoint of `workdir` into predictions/<name>.csv, `name` the data's name and folder;
+    returns its path. `config` must match the training run's model and input rules (config.json);
+    statistics fitted on data come from the training run's data (`build_task`'s `fit_data`)."""
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(config_path):
+        raise ConfigError(f"no {config_path}: --workdir must hold a trained run (--mode=train)")
+    with open(config_path) as f:
+        trained = ml_collections.ConfigDict(json.load(f))
+    flat_trained = traverse_util.flatten_dict(trained.to_dict(), sep=".")
+    flat = traverse_util.flatten_dict(json.loads(config.to_json_best_effort()), sep=".")
+    changes = [f"{k}: {flat_trained.get(k)!r} -> {flat.get(k)!r}"
+               for k in sorted(flat.keys() | flat_trained.keys())
+               if (k in PREDICT_MATCHED_KEYS or k.startswith("model."))
+               and flat_trained.get(k) != flat.get(k)]  # fmt: skip
+    if changes:
+        raise ConfigError(
+            f"the model in {workdir} was trained with other model or input settings: "
+            f"{'; '.join(changes)}. Predict with the training run's config, changing only the "
+            "data (--config.data.dir, --config.data.name)"
+        )
+    task = build_task(config, fit_data=trained.data)
+    state, _ = _restore_best(config, task, workdir)
+    mesh = parallel.data_mesh()
+    header, rows = None, []
+    for split, size in task.split_sizes().items():
+        if size:
+            _, gathered = evaluate(state, task, split, mesh)
+            header, split_rows = task.prediction_table(split, gathered)
+            rows += [[split, *row] for row in split_rows]
+    folder = os.path.basename(os.path.normpath(config.data.dir)) if config.data.dir else ""
+    name = "".join(c if c.isalnum() or c in "-." else "_" for c in "_".join(
+        filter(None, (config.data.name, folder))))  # fmt: skip
+    path = os.path.join(workdir, "predictions", f"{name}.csv")
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        writers.write_table(path, ["split", *header], rows)
+        logging.info("Wrote %d predictions of %s to %s", len(rows), task.description, path)
+    return path
 
 
 # Keys that change no result: a run resumed with other values ends the same. The evaluation and

@@ -1,9 +1,11 @@
 """Metric writers: metrics.jsonl (the workdir contract) beside TensorBoard and the log."""
 
+import csv
+import io
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import jax
 from clu import metric_writers
@@ -67,6 +69,15 @@ def write_atomically(path: str, text: str) -> None:
     with open(path + ".tmp", "w") as f:
         f.write(text)
     os.replace(path + ".tmp", path)
+
+
+def write_table(path: str, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """Writes a CSV file atomically (`write_atomically`)."""
+    text = io.StringIO()
+    out = csv.writer(text, lineterminator="\n")
+    out.writerow(header)
+    out.writerows(rows)
+    write_atomically(path, text.getvalue())
 
 
 def keep_metrics_up_to(path: str, step: int) -> float:

@@ -92,3 +92,45 @@ def test_one_class_has_no_interval_and_other_labels_are_refused():
     assert bootstrap.intervals(np.zeros(5, int), np.arange(5.0)) == {}
     with pytest.raises(ValueError, match="0/1 labels"):
         bootstrap.intervals(np.array([0, 1, 2]), np.arange(3.0))
+
+
+def _classes(multilabel, n=240, c=4, seed=3):
+    rng = np.random.default_rng(seed)
+    if multilabel:
+        labels = (rng.random((n, c)) < 0.3).astype(np.int64)
+        probs = np.clip(0.3 * labels + rng.random((n, c)) * 0.7, 0, 1)
+    else:
+        labels = rng.integers(0, c, n)
+        logits = np.round(rng.normal(size=(n, c)) + 1.5 * (labels[:, None] == np.arange(c)), 1)
+        probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)  # ties: rounded logits
+    return labels, np.round(probs, 2) if multilabel else probs
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_class_metrics_with_unit_and_integer_weights(multilabel):
+    labels, probs = _classes(multilabel)
+    compute = metrics.multilabel_metrics if multilabel else metrics.classification_metrics
+    got = bootstrap.weighted_class_metrics(labels, probs, np.ones((1, len(labels))))
+    for name in ("auroc", "accuracy"):
+        assert got[name][0] == pytest.approx(compute(labels, probs)[name], abs=1e-12), name
+    # Integer weights are the metrics of the data with each row repeated that often.
+    counts = np.random.default_rng(4).integers(1, 4, len(labels))
+    got = bootstrap.weighted_class_metrics(labels, probs, counts[None].astype(np.float64))
+    repeated = compute(np.repeat(labels, counts, 0), np.repeat(probs, counts, 0))
+    for name in ("auroc", "accuracy"):
+        assert got[name][0] == pytest.approx(repeated[name], abs=1e-12), name
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_class_intervals_hold_the_estimate_and_shrink_with_data(multilabel):
+    compute = metrics.multilabel_metrics if multilabel else metrics.classification_metrics
+    widths = []
+    for n in (200, 1600):
+        labels, probs = _classes(multilabel, n=n)
+        found = bootstrap.class_intervals(labels, probs, num_resamples=400)
+        for name in ("auroc", "accuracy"):
+            low, high = found[name]
+            assert low < compute(labels, probs)[name] < high, (name, n)
+        widths.append(found["auroc"][1] - found["auroc"][0])
+    # The width falls as 1/sqrt(n): 8 times the data, about a third of the width.
+    assert 0.2 < widths[1] / widths[0] < 0.5, widths

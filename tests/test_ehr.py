@@ -103,6 +103,19 @@ def test_ehr_rnn_end_to_end(tiny, tmp_path):
     assert {"integrated_gradients_test_variables.png"} <= plots
     assert sum(p.startswith("integrated_gradients_test_patient_") for p in plots) == 2
 
+    # --mode=predict on data with another training split: the same test stays get the same
+    # scores, normalised with the statistics of the training run's data, not the new data's.
+    smaller = config.copy_and_resolve_references()
+    smaller.data.num_train = 50
+    assert not np.array_equal(
+        ehr.load(smaller.data).splits["test"]["values"],
+        ehr.load(config.data).splits["test"]["values"],
+    )
+    with open(train.predict(smaller, str(tmp_path))) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 50 + 40 + 48
+    assert [{k: v for k, v in r.items() if k != "split"} for r in rows[-48:]] == predictions
+
 
 @pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason="../shared/data is absent")
 def test_physionet_set_a_split():

@@ -220,6 +220,8 @@ def test_trains_end_to_end(tmp_path, name):
     assert 0.0 <= test_metrics["auroc"] <= 1.0 and 0.0 <= test_metrics["accuracy"] <= 1.0
     rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     assert {r["split"] for r in rows} == {"train", "val", "test"}
+    for metric in ("auroc", "accuracy"):  # 95% bootstrap intervals hold the estimate
+        assert rows[-1][f"{metric}_low"] <= test_metrics[metric] <= rows[-1][f"{metric}_high"]
     header = open(workdir / "predictions" / "test.csv").readline().strip().split(",")
     if name == "chestmnist":
         assert header[1:15] == [f"label_{c}" for c in range(14)] and len(header) == 29

@@ -101,12 +101,34 @@ def test_ct_cnn_end_to_end_writes_the_workdir_contract(tiny_config, tmp_path):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         assert f.read() == history
 
+    # --mode=predict: every split of the data the config names, scored by the best checkpoint.
+    with open(os.path.join(workdir, "predictions", "test.csv")) as f:
+        test_rows = list(csv.DictReader(f))
+    path = train.predict(tiny_config, workdir)
+    assert os.path.basename(path) == "synthetic_ct.csv"
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["split"] for r in rows] == ["train"] * 96 + ["val"] * 40 + ["test"] * 48
+    assert [{k: v for k, v in r.items() if k != "split"} for r in rows[-48:]] == test_rows
+    new_data = tiny_config.copy_and_resolve_references()
+    new_data.data.seed = 7  # other synthetic patients
+    with open(train.predict(new_data, workdir)) as f:
+        new_rows = list(csv.DictReader(f))
+    assert len(new_rows) == 184
+    assert sum(a["prob_1"] != b["prob_1"] for a, b in zip(rows, new_rows)) > 180
+    other_model = tiny_config.copy_and_resolve_references()
+    other_model.model.width = 0.25
+    with pytest.raises(ConfigError, match=r"other model or input settings: model.width: 0.125 ->"):
+        train.predict(other_model, workdir)
+
 
 def test_explain_refuses_a_task_without_explanations_and_a_missing_checkpoint(tiny, tmp_path):
     with pytest.raises(ConfigError, match="the vae task has no explanations"):
         train.explain(tiny("ct_vae"), str(tmp_path))
     with pytest.raises(ConfigError, match="no checkpoint in .*; train first"):
         train.explain(tiny("ct_cnn"), str(tmp_path))
+    with pytest.raises(ConfigError, match="config.json: --workdir must hold a trained run"):
+        train.predict(tiny("ct_cnn"), str(tmp_path))
     assert not os.listdir(tmp_path)
 
 

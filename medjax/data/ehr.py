@@ -39,12 +39,39 @@ class EHRDataset:
     description: str
 
 
-def load(data: ml_collections.ConfigDict) -> EHRDataset:
-    """The dataset named by `data.name`, gridded, split, normalised and imputed."""
+def load(
+    data: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict | None = None
+) -> EHRDataset:
+    """The dataset named by `data.name`, gridded, split, normalised and imputed, with the
+    normalisation fitted on the training split of `fit_data` (by default `data` itself)."""
     if data.imputation not in IMPUTATIONS:
         raise ConfigError(
             f"unknown data.imputation {data.imputation!r}; valid: {', '.join(IMPUTATIONS)}"
         )
+    splits, description = _splits(data)
+    gridded = {split: _grid(records, labels, data) for split, (records, labels) in splits.items()}
+    fit = gridded["train"]
+    if fit_data is not None and fit_data != data:
+        fit = _grid(*_splits(fit_data)[0]["train"], fit_data)
+        description += f"; normalised with the training split of {fit_data.name} {fit_data.dir}"
+    mean, std = physionet2012.fit_normalizer(fit["values"], fit["mask"])
+    static_stats = _fit_static(fit["descriptors"])
+    prepared = {
+        split: _prepare(arrays, mean, std, static_stats, data.imputation)
+        for split, arrays in gridded.items()
+    }
+    sizes = "/".join(str(len(prepared[s]["labels"])) for s in ("train", "val", "test"))
+    rates = ", ".join(f"{prepared[s]['labels'].mean():.1%}" for s in ("train", "val", "test"))
+    return EHRDataset(
+        name=data.name,
+        splits=prepared,
+        description=f"{description}: {sizes} train/val/test stays, deaths {rates}; "
+        f"{data.hours:g} h at {data.step_hours:g} h steps, imputation {data.imputation}",
+    )
+
+
+def _splits(data: ml_collections.ConfigDict):
+    """({split: (records, labels)}, a description) of the dataset named by `data.name`."""
     if data.name == "synthetic_ehr":
         splits = {
             split: synthetic_icu.generate(size, seed=data.seed, split=split, hours=data.hours)
@@ -64,22 +91,7 @@ def load(data: ml_collections.ConfigDict) -> EHRDataset:
             f"unknown dataset data.name={data.name!r} for the ehr task; "
             "valid names: synthetic_ehr, physionet2012"
         )
-    description += fold_note(data)
-    gridded = {split: _grid(records, labels, data) for split, (records, labels) in splits.items()}
-    mean, std = physionet2012.fit_normalizer(gridded["train"]["values"], gridded["train"]["mask"])
-    static_stats = _fit_static(gridded["train"]["descriptors"])
-    prepared = {
-        split: _prepare(arrays, mean, std, static_stats, data.imputation)
-        for split, arrays in gridded.items()
-    }
-    sizes = "/".join(str(len(prepared[s]["labels"])) for s in ("train", "val", "test"))
-    rates = ", ".join(f"{prepared[s]['labels'].mean():.1%}" for s in ("train", "val", "test"))
-    return EHRDataset(
-        name=data.name,
-        splits=prepared,
-        description=f"{description}: {sizes} train/val/test stays, deaths {rates}; "
-        f"{data.hours:g} h at {data.step_hours:g} h steps, imputation {data.imputation}",
-    )
+    return splits, description + fold_note(data)
 
 
 def _physionet_splits(data):

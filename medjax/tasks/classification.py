@@ -1,6 +1,5 @@
 """Image classification (2D slices or 3D volumes) with a ResNet: the CT CNN task."""
 
-import csv
 import os
 
 import jax
@@ -8,7 +7,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from medjax import bootstrap, explain, losses, metrics, parallel, plots
+from medjax import bootstrap, explain, losses, metrics, parallel, plots, writers
 from medjax.data import image_dataset, pipeline, transforms
 from medjax.data.dataset import SPLITS
 from medjax.errors import ConfigError
@@ -16,7 +15,8 @@ from medjax.models import cnn
 from medjax.tasks.task import Task, compute_dtype, fingerprint
 
 
-def build(config: ml_collections.ConfigDict) -> Task:
+def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict) -> Task:
+    del fit_data  # images are windowed or scaled by fixed rules: nothing is fitted on data
     dataset = image_dataset(config.data)
     try:
         model = cnn.create_model(
@@ -94,10 +94,15 @@ def build(config: ml_collections.ConfigDict) -> Task:
         loss_fn=loss_fn,
         eval_outputs_fn=eval_outputs_fn,
         compute_metrics=multilabel_metrics if dataset.multilabel else compute_metrics,
-        metric_intervals=binary_intervals if binary else lambda gathered: {},
+        metric_intervals=binary_intervals
+        if binary
+        else (lambda gathered: bootstrap.class_intervals(gathered["label"], gathered["probs"])),
         train_batches=train_batches,
         eval_batches=eval_batches,
         write_outputs=write_outputs,
+        prediction_table=lambda split, gathered: prediction_table(
+            gathered, dataset.load_split(split)["ids"]
+        ),
         description=f"{dataset.description}; model {config.model.name} "
         f"(width {config.model.width}, {config.model.norm} norm)",
         selection_metrics=("auroc", "auprc", "accuracy", "loss")
@@ -257,15 +262,22 @@ def write_outputs_of(workdir, split, gathered, ids, class_names, dataset_name) -
         counts = metrics.confusion_matrix(labels, probs.argmax(1), len(class_names))
         path = os.path.join(workdir, "plots", "confusion_matrix.png")
         plots.confusion_matrix(path, counts, class_names, title)
-    # id, the label(s), prediction (argmax; single-label only), then prob_<class> columns.
+    path = os.path.join(workdir, "predictions", f"{split}.csv")
+    writers.write_table(path, *prediction_table(gathered, ids))
+
+
+def prediction_table(gathered, ids) -> tuple[list[str], list[list]]:
+    """(header, rows) of per-example predictions: id, the label(s), prediction (argmax;
+    single-label only), then prob_<class> columns."""
+    probs, labels = gathered["probs"], gathered["label"]
+    multilabel = labels.ndim == 2
     classes = range(probs.shape[1])
     label_columns = [f"label_{c}" for c in classes] if multilabel else ["label", "prediction"]
-    with open(os.path.join(workdir, "predictions", f"{split}.csv"), "w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(["id", *label_columns, *(f"prob_{c}" for c in classes)])
-        for index, label, row in zip(gathered["index"], labels, probs):
-            label_values = list(label) if multilabel else [label, row.argmax()]
-            out.writerow([ids[index], *map(int, label_values), *(f"{p:.6g}" for p in row)])
+    rows = []
+    for index, label, row in zip(gathered["index"], labels, probs):
+        label_values = list(label) if multilabel else [label, row.argmax()]
+        rows.append([ids[index], *map(int, label_values), *(f"{p:.6g}" for p in row)])
+    return ["id", *label_columns, *(f"prob_{c}" for c in classes)], rows
 
 
 def _is_normal(labels: np.ndarray) -> np.ndarray:

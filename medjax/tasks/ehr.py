@@ -17,8 +17,8 @@ INPUTS = ("values", "mask", "delta", "lengths", "static")
 CLASS_NAMES = ("survived", "in-hospital death")
 
 
-def build(config: ml_collections.ConfigDict) -> Task:
-    dataset = ehr.load(config.data)
+def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict) -> Task:
+    dataset = ehr.load(config.data, fit_data)
     model_config = config.model
     try:
         model = rnn.create_model(
@@ -135,6 +135,9 @@ def build(config: ml_collections.ConfigDict) -> Task:
         train_batches=train_batches,
         eval_batches=eval_batches,
         write_outputs=write_outputs,
+        prediction_table=lambda split, gathered: classification.prediction_table(
+            gathered, dataset.splits[split]["ids"]
+        ),
         description=f"{dataset.description}; model {model_config.name} "
         f"(hidden {model_config.hidden_size}, {model_config.num_layers} layer(s), "
         f"{model_config.pooling} pooling)",

@@ -41,6 +41,8 @@ class Task:
       eval_batches: split name -> iterator over the split once, padded, with `valid`.
       write_outputs: (workdir, split, gathered arrays, model variables) -> writes predictions
         and plots; returns images ({name: [H, W, C] array}) for TensorBoard, or {}.
+      prediction_table: (split, gathered arrays) -> (header, rows) of per-example predictions,
+        the first column `id`: predictions/<split>.csv, and --mode=predict's table.
       description: data and model in a sentence, for the report.
       selection_metrics: metric names fit to select checkpoints and stop early.
       split_sizes: () -> {split: examples it feeds}, checked before training starts.
@@ -66,6 +68,7 @@ class Task:
     train_batches: Callable[[int], Iterator[Batch]]
     eval_batches: Callable[[str], Iterator[Batch]]
     write_outputs: Callable[[str, str, dict[str, np.ndarray], Any], dict[str, np.ndarray]]
+    prediction_table: Callable[[str, dict[str, np.ndarray]], tuple[list[str], list[list]]]
     description: str
     selection_metrics: tuple[str, ...]
     split_sizes: Callable[[], dict[str, int]]

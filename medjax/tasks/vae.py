@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from medjax import bootstrap, losses, metrics, plots
+from medjax import bootstrap, losses, metrics, plots, writers
 from medjax.data import image_dataset
 from medjax.errors import ConfigError
 from medjax.models import vae
@@ -19,7 +19,8 @@ from medjax.tasks import classification
 from medjax.tasks.task import Task, compute_dtype
 
 
-def build(config: ml_collections.ConfigDict) -> Task:
+def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict) -> Task:
+    del fit_data  # images are windowed or scaled by fixed rules: nothing is fitted on data
     dataset = image_dataset(config.data)
     if dataset.num_classes != 2:
         raise ConfigError(
@@ -87,9 +88,17 @@ def build(config: ml_collections.ConfigDict) -> Task:
         result["loss"] = nelbo
         return result
 
-    def write_outputs(workdir, split, gathered, variables):
+    def prediction_table(split, gathered):
+        """id, label, and the anomaly scores nelbo and recon_error."""
         ids = dataset.load_split(split)["ids"][gathered["index"]]
-        _write_scores(workdir, split, ids, gathered)
+        rows = zip(ids, gathered["label"], gathered["nelbo"], gathered["recon_error"])
+        rows = [[i, int(y), f"{n:.6g}", f"{r:.6g}"] for i, y, n, r in rows]
+        return ["id", "label", "nelbo", "recon_error"], rows
+
+    def write_outputs(workdir, split, gathered, variables):
+        path = os.path.join(workdir, "predictions", f"{split}.csv")
+        writers.write_table(path, *prediction_table(split, gathered))
+        ids = dataset.load_split(split)["ids"][gathered["index"]]
         os.makedirs(os.path.join(workdir, "embeddings"), exist_ok=True)
         for name in ("train", "val", split):  # posterior means for downstream use
             if name == split:
@@ -116,6 +125,7 @@ def build(config: ml_collections.ConfigDict) -> Task:
         train_batches=train_batches,
         eval_batches=eval_batches,
         write_outputs=write_outputs,
+        prediction_table=prediction_table,
         description=f"{dataset.description}; model {config.model.name} (latent "
         f"{config.model.latent_size}, widths {tuple(config.model.vae_widths)}, "
         f"{config.model.likelihood} likelihood), trained on "
@@ -155,14 +165,6 @@ def _posterior_means(model, variables, batches):
         gatherer.add({**outputs, "index": batch["index"]}, batch["valid"])
     result = gatherer.result()
     return result["mean"], result["label"], result["index"]
-
-
-def _write_scores(workdir, split, ids, gathered):
-    """predictions/<split>.csv: id, label, and the anomaly scores nelbo and recon_error."""
-    rows = zip(ids, gathered["label"], gathered["nelbo"], gathered["recon_error"])
-    with open(os.path.join(workdir, "predictions", f"{split}.csv"), "w") as f:
-        f.write("id,label,nelbo,recon_error\n")
-        f.writelines(f"{i},{int(y)},{n:.6g},{r:.6g}\n" for i, y, n, r in rows)
 
 
 def _plot_images(workdir, split, model, variables, batch, num=8):
