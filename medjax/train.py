@@ -383,6 +383,8 @@ def predict(config: ml_collections.ConfigDict, workdir: str) -> str:
             _, gathered = evaluate(state, task, split, mesh)
             header, split_rows = task.prediction_table(split, gathered)
             rows += [[split, *row] for row in split_rows]
+    if not rows:
+        raise ConfigError(f"no examples to predict in {config.data.name} {config.data.dir}")
     folder = os.path.basename(os.path.normpath(config.data.dir)) if config.data.dir else ""
     name = "".join(c if c.isalnum() or c in "-." else "_" for c in "_".join(
         filter(None, (config.data.name, folder))))  # fmt: skip
