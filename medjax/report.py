@@ -69,7 +69,8 @@ def write(
             f"## {split.capitalize()} metrics with 95% intervals",
             "",
             f"Bootstrap of the examples, {bootstrap.NUM_RESAMPLES} resamples, percentile "
-            "intervals; stratified (each class resampled apart) but for multi-label data.",
+            "intervals; each class is resampled apart (stratified), but multi-label rows are "
+            "resampled whole.",
             "",
             *_table(
                 ["metric", split, "95% interval"],
