@@ -117,7 +117,7 @@ def attribution_overlay(
         ax.set_title(titles[n] if d == depths[0] else f"slice {d}", fontsize=7)
         ax.axis("off")
     fig.tight_layout(pad=0.3)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")  # two-line titles stay whole
 
 
 def series_attribution(
