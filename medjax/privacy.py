@@ -178,6 +178,12 @@ def clip_each(grads, l2_norm_clip: float):
     return clipped, norms
 
 
+def per_example_grads(example_loss, params, examples, keys):
+    """(losses [B], gradients with a leading axis [B]) of `example_loss(params, example, key)`
+    for each example of `examples` (leading axis B) with its key, by `jax.vmap`."""
+    return jax.vmap(jax.value_and_grad(example_loss), in_axes=(None, 0, 0))(params, examples, keys)
+
+
 def clipped_sums(example_loss, params, examples, valid, keys, *, l2_norm_clip, microbatch_size):
     """Sums over the valid examples of the loss, the clipped gradient and the clipped count.
 
@@ -186,11 +192,10 @@ def clipped_sums(example_loss, params, examples, valid, keys, *, l2_norm_clip, m
     all at once) under `lax.scan`, so memory holds that many copies of the gradient; chunks
     holding only padding are skipped (Poisson batches put their examples first).
     """
-    per_example = jax.vmap(jax.value_and_grad(example_loss), in_axes=(None, 0, 0))
 
     def sums(chunk):
         chunk_examples, chunk_valid, chunk_keys = chunk
-        losses, grads = per_example(params, chunk_examples, chunk_keys)
+        losses, grads = per_example_grads(example_loss, params, chunk_examples, chunk_keys)
         clipped, norms = clip_each(grads, l2_norm_clip)
         weights = chunk_valid.astype(jnp.float32)
         grad_sum = jax.tree.map(lambda g: jnp.tensordot(weights, g, axes=1), clipped)

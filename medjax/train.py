@@ -185,10 +185,10 @@ def _private_loss_and_grads(state: TrainState, batch, task: Task, plan, step_key
         l2_norm_clip=plan.l2_norm_clip,
         microbatch_size=plan.microbatch_size,
     )
-    noisy = privacy.add_noise(
-        grad_sum, jax.random.fold_in(step_key, 3), plan.noise_multiplier * plan.l2_norm_clip
-    )
-    grads = jax.tree.map(lambda g: g / plan.expected_batch_size, noisy)
+    if plan.noise_multiplier:  # (0 noise with an infinite clip would give 0 * inf)
+        std = plan.noise_multiplier * plan.l2_norm_clip
+        grad_sum = privacy.add_noise(grad_sum, jax.random.fold_in(step_key, 3), std)
+    grads = jax.tree.map(lambda g: g / plan.expected_batch_size, grad_sum)
     count = jnp.maximum(valid.sum(), 1)
     return loss_sum / count, grads, {"clipped_fraction": clipped / count}
 
