@@ -1,0 +1,24 @@
+"""CT CNN trained with differential privacy (DP-SGD), forked from configs/ct_cnn.py.
+
+  python -m medjax.main --config=configs/ct_cnn_dp.py --workdir=runs/ct_cnn_dp
+
+RESULT
+
+Group norm instead of batch norm (batch statistics mix examples, and private training refuses
+them); Poisson-sampled batches of 64 expected examples, each example's gradient clipped to norm
+1, and the noise solved so that the planned steps spend epsilon 8 at delta = 1 / (10 N).
+privacy.json in the workdir states what was spent.
+"""
+
+from configs import ct_cnn
+
+
+def get_config():
+    config = ct_cnn.get_config()
+    config.model.norm = "group"
+    config.privacy.enabled = True
+    config.privacy.l2_norm_clip = 1.0
+    config.privacy.target_epsilon = 8.0
+    config.privacy.microbatch_size = 16
+    config.optimizer.grad_clip_norm = 0.0  # examples are clipped one by one instead
+    return config
