@@ -5,8 +5,8 @@
 Measured once (seed 0, 2 CPU cores shared with another engineer's runs, 2026-12-03): test AUROC
 0.950 (accuracy 0.876) at epsilon 8.00 (privacy.json: 7.99999, delta 1.7e-5, noise multiplier
 0.604, sampling rate 64/6000, 800 steps), in 18.6 minutes of wall time (8.0 minutes of user CPU
-time; the shared cores made the wall time longer than an idle machine's). configs/ct_cnn.py
-reaches about 0.99 without privacy.
+time; the shared cores made the wall time longer than an idle machine's). The same config with
+--config.privacy.enabled=false reached test AUROC 0.9997 in 3.1 minutes.
 
 Group norm instead of batch norm (batch statistics mix examples, and private training refuses
 them); Poisson-sampled batches of 64 expected examples, each example's gradient clipped to norm
