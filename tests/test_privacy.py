@@ -304,6 +304,17 @@ def test_refuses_batch_norm_and_what_privacy_does_not_support(tiny, tmp_path):
     assert not os.listdir(tmp_path)
 
 
+def test_refuses_to_resume_a_private_run_with_other_privacy_settings():
+    progress = {}
+    train._check_privacy_unchanged(progress, _plan(16, noise=1.0), "runs/x")
+    assert progress["privacy"]["noise_multiplier"] == 1.0
+    train._check_privacy_unchanged(progress, _plan(16, noise=1.0), "runs/x")  # the same: fine
+    with pytest.raises(ConfigError, match="trained privately with .* accounting wrong"):
+        train._check_privacy_unchanged(progress, _plan(16, noise=0.9), "runs/x")
+    with pytest.raises(ConfigError, match="sampling_rate"):
+        train._check_privacy_unchanged(progress, _plan(32, noise=1.0), "runs/x")
+
+
 # End to end.
 
 
