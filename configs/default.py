@@ -105,6 +105,17 @@ def get_config() -> ml_collections.ConfigDict:
     evaluation.operating_point = "youden"  # youden (max Se + Sp - 1) or sensitivity (a target)
     evaluation.target_sensitivity = 0.9  # operating_point=sensitivity: val sensitivity >= this
 
+    # Differentially private training (DP-SGD, medjax/privacy.py): Poisson-sampled batches of
+    # trainer.batch_size expected examples, per-example gradients clipped, Gaussian noise added.
+    config.privacy = privacy = ml_collections.ConfigDict()
+    privacy.enabled = False
+    privacy.l2_norm_clip = 1.0  # each example's gradient is clipped to this global L2 norm
+    privacy.noise_multiplier = 1.0  # noise std / l2_norm_clip; used when target_epsilon is 0
+    privacy.target_epsilon = 0.0  # > 0: noise solved so trainer.num_train_steps spend exactly this
+    privacy.delta = 0.0  # 0: 1 / (10 N), N the training examples
+    privacy.accountant = "rdp"  # rdp or pld (tighter, slower)
+    privacy.microbatch_size = 0  # per-example gradients computed this many at once; 0: all
+
     # --mode=explain: attributions of the evaluated split's first examples.
     config.explain = explain = ml_collections.ConfigDict()
     explain.num_examples = 4

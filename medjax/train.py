@@ -26,7 +26,7 @@ from clu import periodic_actions
 from flax import traverse_util
 from flax.training import train_state
 
-from medjax import checkpoint, operating_point, optim, parallel, writers
+from medjax import checkpoint, operating_point, optim, parallel, privacy, writers
 from medjax.data.dataset import SPLITS
 from medjax.errors import ConfigError, NonFiniteError, Preempted
 from medjax.evaluation import evaluate, explain_examples, final_evaluation, model_variables
@@ -82,15 +82,24 @@ def abstract_train_state(
     )
 
 
-def _train_step(state: TrainState, batch, *, task: Task, accumulation_steps: int, axis_name):
+def _train_step(
+    state: TrainState,
+    batch,
+    *,
+    task: Task,
+    accumulation_steps: int,
+    axis_name,
+    plan: privacy.Plan | None = None,
+):
     """The body shared by the jit and pmap steps: one optimiser step on a batch.
 
     Gradients are averaged over `accumulation_steps` micro-batches (every K-th row, so that
     each device's rows split evenly) and, under pmap (`axis_name`), over devices, with the batch
     statistics. The result is the step on the whole batch, except that batch norm normalises
-    each micro-batch on its own.
+    each micro-batch on its own. With a privacy `plan`, the gradient is DP-SGD's instead.
     """
-    dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    dropout_key = step_key
     if axis_name:  # each device's part of the batch gets its own dropout masks and samples
         dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
 
@@ -108,7 +117,11 @@ def _train_step(state: TrainState, batch, *, task: Task, accumulation_steps: int
         (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
         return loss, grads, batch_stats
 
-    if accumulation_steps == 1:
+    extra = {}
+    if plan is not None:  # refused with batch norm, pmap and accumulation (privacy.check)
+        loss, grads, extra = _private_loss_and_grads(state, batch, task, plan, step_key)
+        batch_stats = state.batch_stats
+    elif accumulation_steps == 1:
         loss, grads, batch_stats = loss_and_grads(state.batch_stats, batch, dropout_key)
     else:
         micro_batches = jax.tree.map(
@@ -141,16 +154,61 @@ def _train_step(state: TrainState, batch, *, task: Task, accumulation_steps: int
         "l2_grads": l2_grads,
         "l2_params": optax.global_norm(state.params),
         "nonfinite": 1 - finite.astype(jnp.int32),
+        **extra,
     }
     return state, scalars
 
 
-@functools.partial(jax.jit, static_argnames=("task", "accumulation_steps"), donate_argnames="state")
-def train_step(state: TrainState, batch, *, task: Task, accumulation_steps: int = 1):
+def _private_loss_and_grads(state: TrainState, batch, task: Task, plan, step_key):
+    """DP-SGD: the mean loss of the batch's valid examples, the noisy mean of their clipped
+    gradients (divided by the expected batch size), and the fraction clipped."""
+
+    def example_loss(params, example, key):
+        one = jax.tree.map(lambda x: x[None], example)  # each example is a batch of one
+        outputs = task.model.apply(
+            model_variables(params, state.batch_stats),
+            task.model_inputs(one),
+            train=True,
+            rngs={"dropout": key, "latent": jax.random.fold_in(key, 1)},
+        )
+        return task.loss_fn(outputs, one, state.step)
+
+    valid = batch["valid"]
+    positions = jnp.arange(valid.shape[0])
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(step_key, 2), positions)
+    loss_sum, grad_sum, clipped = privacy.clipped_sums(
+        example_loss,
+        state.params,
+        batch,
+        valid,
+        keys,
+        l2_norm_clip=plan.l2_norm_clip,
+        microbatch_size=plan.microbatch_size,
+    )
+    if plan.noise_multiplier:  # (0 noise with an infinite clip would give 0 * inf)
+        std = plan.noise_multiplier * plan.l2_norm_clip
+        grad_sum = privacy.add_noise(grad_sum, jax.random.fold_in(step_key, 3), std)
+    grads = jax.tree.map(lambda g: g / plan.expected_batch_size, grad_sum)
+    count = jnp.maximum(valid.sum(), 1)
+    return loss_sum / count, grads, {"clipped_fraction": clipped / count}
+
+
+@functools.partial(
+    jax.jit, static_argnames=("task", "accumulation_steps", "plan"), donate_argnames="state"
+)
+def train_step(
+    state: TrainState,
+    batch,
+    *,
+    task: Task,
+    accumulation_steps: int = 1,
+    plan: privacy.Plan | None = None,
+):
     """One optimiser step on a global batch sharded over the mesh: XLA inserts the reductions.
-    Returns the new state and health scalars."""
+    With a privacy `plan`, a DP-SGD step on a Poisson batch. Returns the new state and health
+    scalars."""
     return _train_step(
-        state, batch, task=task, accumulation_steps=accumulation_steps, axis_name=None
+        state, batch, task=task, accumulation_steps=accumulation_steps, axis_name=None, plan=plan
     )
 
 
@@ -267,6 +325,11 @@ def train_and_evaluate(
     if not train and not os.path.isdir(checkpoint_dir):
         raise ConfigError(f"no checkpoint in {checkpoint_dir}; train first (--mode=train)")
     _check_data(task, trainer.batch_size)
+    if config.privacy.enabled:
+        init = functools.partial(task.model.init, train=False)
+        inputs = task.model_inputs(task.example_batch)
+        privacy.check(config, jax.eval_shape(init, jax.random.key(0), inputs))
+    plan = privacy.plan(config, task.split_sizes()["train"]) if train else None
     fingerprint = {"config": _results_config(config), "data": task.data_fingerprint()}
     _prepare_workdir(workdir)
 
@@ -289,6 +352,8 @@ def train_and_evaluate(
         progress = {"best_metric": None, "best_step": None, "evals_since_best": 0}
         progress |= {"finished": False, "skipped_steps": 0}
     progress["fingerprint"] = fingerprint
+    if plan is not None:
+        _check_privacy_unchanged(progress, plan, workdir)
     elapsed = 0.0
     if jax.process_index() == 0:
         if train:
@@ -303,7 +368,9 @@ def train_and_evaluate(
     if progress["finished"] or not train:
         logging.info("Not training (at step %d); evaluating the best checkpoint.", state.step)
     else:
-        state, progress = _train(config, task, state, progress, schedule, ckpts, writer, mesh)
+        state, progress = _train(
+            config, task, state, progress, schedule, ckpts, writer, mesh, plan, workdir
+        )
 
     best = ckpts.restore_best(abstract_state)
     ckpts.close()
@@ -438,11 +505,46 @@ def _check_unchanged(saved: dict, current: dict, workdir: str, allow: bool) -> N
     logging.warning("Going on with a changed config (--allow_config_change): %s", changes)
 
 
-def _train(config, task, state, progress, schedule, ckpts, writer, mesh):
+def _check_privacy_unchanged(progress: dict, plan: privacy.Plan, workdir: str) -> None:
+    """Records the privacy settings in `progress`; refuses to resume a private run with other
+    ones, even with --allow_config_change: the accountant composes identical steps only."""
+    settings = {
+        "noise_multiplier": plan.noise_multiplier,
+        "sampling_rate": plan.sampling_rate,
+        "l2_norm_clip": plan.l2_norm_clip,
+    }
+    saved = progress.setdefault("privacy", settings)
+    if saved != settings:
+        raise ConfigError(
+            f"the checkpoint in {workdir} was trained privately with {saved}; resuming with "
+            f"{settings} would make its privacy accounting wrong. Use a new --workdir"
+        )
+
+
+def _write_privacy(workdir: str, plan: privacy.Plan, steps: int) -> float:
+    """Writes privacy.json (process 0) for `steps` steps; returns the epsilon spent."""
+    spent = privacy.summary(plan, steps)
+    if jax.process_index() == 0:
+        writers.write_atomically(
+            os.path.join(workdir, "privacy.json"), json.dumps(spent, indent=2) + "\n"
+        )
+    return spent["epsilon"]
+
+
+def _train(config, task, state, progress, schedule, ckpts, writer, mesh, plan, workdir):
     trainer = config.trainer
     step = int(state.step)
+    if plan is not None:
+        planned = plan.epsilon(trainer.num_train_steps)
+        logging.info("Private training: epsilon %.4g after the planned %d steps (%s)",
+                     planned, trainer.num_train_steps, plan)  # fmt: skip
+        if plan.target_epsilon and planned > plan.target_epsilon:  # solved so it cannot be
+            raise ConfigError(
+                f"the planned {trainer.num_train_steps} steps would spend epsilon {planned:.4g}"
+                f" > privacy.target_epsilon={plan.target_epsilon}; lower trainer.num_train_steps"
+            )
     batches = task.train_batches(step)
-    to_loop, train_on, from_loop = _stepper(config, task, mesh)
+    to_loop, train_on, from_loop = _stepper(config, task, mesh, plan)
     state = to_loop(state)
     report_progress = periodic_actions.ReportProgress(
         num_train_steps=trainer.num_train_steps, every_steps=trainer.log_every_steps
@@ -472,12 +574,15 @@ def _train(config, task, state, progress, schedule, ckpts, writer, mesh):
                 finite = [s for s in logged if not s["nonfinite"]]
                 summary = {
                     k: float(np.mean([s[k] for s in finite])) if finite else math.nan
-                    for k in ("loss", "l2_grads", "l2_params")
+                    for k in ("loss", "l2_grads", "l2_params", "clipped_fraction")
+                    if k in logged[0]
                 }
                 summary["skipped_steps"] = progress["skipped_steps"]
                 summary["learning_rate"] = float(schedule(step - 1))
                 elapsed = time.time() - log_start
                 summary["examples_per_s"] = (step - log_start_step) * trainer.batch_size / elapsed
+                if plan is not None:
+                    summary["epsilon"] = _write_privacy(workdir, plan, step)
                 writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
                 logged, log_start, log_start_step = [], time.time(), step
             if eval_now or save_now or preempted:
@@ -555,7 +660,7 @@ def _sigterm_flag():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _stepper(config, task, mesh):
+def _stepper(config, task, mesh, plan=None):
     """(to_loop, train_on, from_loop): the training loop's layout of the state, one step on
     this process's numpy batch, and the state back in the replicated layout of the rest."""
     accumulation_steps = config.trainer.accumulation_steps
@@ -563,7 +668,9 @@ def _stepper(config, task, mesh):
 
         def train_on(state, batch):
             batch = parallel.shard_batch(batch, mesh)
-            return train_step(state, batch, task=task, accumulation_steps=accumulation_steps)
+            return train_step(
+                state, batch, task=task, accumulation_steps=accumulation_steps, plan=plan
+            )
 
         return (lambda state: state), train_on, (lambda state: state)
     step = pmap_train_step(task, accumulation_steps)

@@ -1,8 +1,9 @@
 """tf.data pipelines from in-memory arrays to per-process numpy batches.
 
-Training order is a pure function of (seed, epoch): a run resumed at step S sees exactly the
-batches an uninterrupted run sees from step S, without replaying the data before it. Each
-process reads its own slice of every global batch. Evaluation visits every example once, in
+Training order is a pure function of (seed, epoch), or, with Poisson sampling (private
+training), of (seed, step): a run resumed at step S sees exactly the batches an uninterrupted
+run sees from step S, without replaying the data before it. Each process reads its own slice
+of every global batch. Evaluation visits every example once, in
 order, with the last batch padded and marked by `mask`.
 """
 
@@ -10,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 Batch = dict[str, np.ndarray]
 
@@ -30,6 +32,26 @@ def epoch_order(labels: np.ndarray, *, seed: int, epoch: int, balanced: bool) ->
     )
 
 
+def poisson_sample(
+    num_examples: int, *, rate: float, max_size: int, seed: int, step: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(indices [max_size], valid [max_size]) of step `step`'s Poisson sample: each example is
+    in it independently with probability `rate`, in random order, then padding (index 0,
+    valid False). A sample larger than `max_size` is truncated to a random subset of that size
+    and a warning is logged (max_size is chosen to make that negligible: medjax.privacy)."""
+    rng = np.random.default_rng((seed, step, 1))  # apart from epoch_order's (seed, epoch)
+    chosen = rng.permutation(np.flatnonzero(rng.random(num_examples) < rate))
+    if len(chosen) > max_size:
+        logging.warning(
+            "Poisson sample of step %d has %d examples; truncated to %d", step, len(chosen),
+            max_size,
+        )  # fmt: skip
+        chosen = chosen[:max_size]
+    indices = np.zeros(max_size, np.int64)
+    indices[: len(chosen)] = chosen
+    return indices, np.arange(max_size) < len(chosen)
+
+
 def train_batches(
     labels: np.ndarray,
     load: Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]],
@@ -40,13 +62,15 @@ def train_batches(
     balanced: bool,
     process_index: int,
     process_count: int,
+    poisson_max_size: int = 0,
 ) -> Iterator[Batch]:
     """Endless training batches of this process, from `start_step` on.
 
     `load(index, seed)` maps an example index and its stateless seed (int64 [2], unique to
-    the example's step and position) to the example's features.
+    the example's step and position) to the example's features. With `poisson_max_size` > 0,
+    each step is a Poisson sample (rate global_batch_size / N) padded to that many rows, and
+    batches carry `valid` (False on padding); otherwise a shuffled epoch's next batch.
     """
-    local_size = global_batch_size // process_count
     steps_per_epoch = len(epoch_order(labels, seed=seed, epoch=0, balanced=balanced))
     steps_per_epoch //= global_batch_size
     if steps_per_epoch == 0:
@@ -54,29 +78,42 @@ def train_batches(
             f"the training split has fewer examples than one global batch ({global_batch_size});"
             " lower trainer.batch_size or add data"
         )
+    if poisson_max_size:
+        rate, global_batch_size = global_batch_size / len(labels), poisson_max_size
+    local_size = global_batch_size // process_count
     first = process_index * local_size
     positions = np.arange(first, first + local_size)
 
     def index_batches():
         step, order, order_epoch = start_step, None, None
         while True:
-            epoch, k = divmod(step, steps_per_epoch)
-            if epoch != order_epoch:
-                order = epoch_order(labels, seed=seed, epoch=epoch, balanced=balanced)
-                order_epoch = epoch
-            batch = order[k * global_batch_size : (k + 1) * global_batch_size]
+            if poisson_max_size:
+                batch, valid = poisson_sample(
+                    len(labels), rate=rate, max_size=poisson_max_size, seed=seed, step=step
+                )
+            else:
+                epoch, k = divmod(step, steps_per_epoch)
+                if epoch != order_epoch:
+                    order = epoch_order(labels, seed=seed, epoch=epoch, balanced=balanced)
+                    order_epoch = epoch
+                batch = order[k * global_batch_size : (k + 1) * global_batch_size]
+                valid = np.ones(global_batch_size, bool)
             seeds = np.stack([np.full(local_size, seed), step * global_batch_size + positions], 1)
-            yield batch[first : first + local_size], seeds
+            yield batch[first : first + local_size], seeds, valid[first : first + local_size]
             step += 1
+
+    def load_example(index, seed, valid):
+        return {**load(index, seed), "valid": valid} if poisson_max_size else load(index, seed)
 
     signature = (
         tf.TensorSpec([local_size], tf.int64),
         tf.TensorSpec([local_size, 2], tf.int64),
+        tf.TensorSpec([local_size], tf.bool),
     )
     dataset = (
         tf.data.Dataset.from_generator(index_batches, output_signature=signature)
         .unbatch()
-        .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .map(load_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .batch(local_size, drop_remainder=True)
         .prefetch(2)
     )

@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from medjax import bootstrap, explain, losses, metrics, parallel, plots, writers
+from medjax import bootstrap, explain, losses, metrics, parallel, plots, privacy, writers
 from medjax.data import image_dataset, pipeline, transforms
 from medjax.data.dataset import SPLITS
 from medjax.errors import ConfigError
@@ -178,6 +178,7 @@ def image_pipelines(config: ml_collections.ConfigDict, dataset, *, normal_only: 
             balanced=data.balanced_sampling,
             process_index=process_index,
             process_count=process_count,
+            poisson_max_size=privacy.poisson_max_size(config, len(train_labels)),
         )
 
     def eval_batches(split):

@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from medjax import explain, losses, metrics, subgroups
+from medjax import explain, losses, metrics, privacy, subgroups
 from medjax.data import ehr, physionet2012, pipeline
 from medjax.errors import ConfigError
 from medjax.models import rnn
@@ -57,6 +57,9 @@ def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict
             balanced=config.data.balanced_sampling,
             process_index=process_index,
             process_count=process_count,
+            poisson_max_size=privacy.poisson_max_size(
+                config, len(dataset.splits["train"]["labels"])
+            ),
         )
 
     def eval_batches(split):
