@@ -17,15 +17,18 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from medjax.models.conv import Conv
+
 NORMS = ("batch", "group")
 
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def _conv(features: int, kernel: int, strides: int, ndim: int, dtype: Any, name: str) -> nn.Conv:
-    """Bias-free conv; 'SAME' at stride 1, torchvision's symmetric padding (kernel // 2) else."""
+    """Bias-free conv; 'SAME' at stride 1, torchvision's symmetric padding (kernel // 2) else.
+    3D convolutions on CPU run as 2D ones over depth taps (medjax.models.conv)."""
     padding = "SAME" if strides == 1 else ((kernel // 2, kernel // 2),) * ndim
-    return nn.Conv(
+    return Conv(
         features,
         (kernel,) * ndim,
         strides=(strides,) * ndim,

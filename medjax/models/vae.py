@@ -17,7 +17,8 @@ ReLU in between; the last upsampling gives the likelihood's parameters, p(x | z)
 
 Convolutions pad explicitly and then convolve 'VALID': on XLA:CPU the gradient of an even-sized
 kernel under symmetric 'SAME'-like padding measured 40x slower than this form, and the sub-pixel
-upsampling's weight gradient 2.5x faster than a 4x4 stride-2 transposed conv's.
+upsampling's weight gradient 2.5x faster than a 4x4 stride-2 transposed conv's. 3D convolutions
+on CPU run as 2D ones over depth taps (medjax.models.conv).
 
 Pick a model by name with `create_model("conv_vae", latent_size=32, ...)`.
 """
@@ -29,6 +30,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from medjax.models.conv import Conv
 
 LIKELIHOODS = ("bernoulli", "gaussian_fixed", "gaussian_learned")
 
@@ -58,7 +61,7 @@ def _padded_conv(x, features: int, kernel: int, strides: int, dtype: Any, name: 
     """Pads every spatial side by 1, then a `kernel`-sized conv with `strides`, 'VALID'."""
     ndim = x.ndim - 2
     x = jnp.pad(x, ((0, 0),) + ((1, 1),) * ndim + ((0, 0),))
-    conv = nn.Conv(
+    conv = Conv(
         features,
         (kernel,) * ndim,
         strides=(strides,) * ndim,

@@ -1,0 +1,106 @@
+"""medjax.models.conv: the depth-folded 3D convolution equals XLA's, values and gradients."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from medjax.models import cnn
+from medjax.models.conv import Conv, conv_general_dilated, depth_folded_conv
+
+DIMS = ("NDHWC", "DHWIO", "NDHWC")
+
+
+def _random(shape, seed):
+    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
+def _loss_and_grads(conv, x, kernel):
+    """A non-linear scalar of the output, and its gradients w.r.t. the input and the kernel."""
+    return jax.jit(jax.value_and_grad(lambda x, k: jnp.sum(jnp.sin(conv(x, k))), (0, 1)))(x, kernel)
+
+
+def _assert_close(actual, expected):
+    scale = float(jnp.max(jnp.abs(expected)))
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize(
+    "x_shape, kernel, strides, padding",
+    [
+        ((2, 9, 8, 7, 3), (3, 3, 3), (1, 1, 1), ((1, 1),) * 3),
+        ((2, 9, 8, 7, 3), (3, 3, 3), (2, 2, 2), ((1, 1),) * 3),  # odd sizes, stride 2
+        ((1, 8, 8, 8, 2), (4, 4, 4), (2, 2, 2), ((0, 0),) * 3),  # VAE: even kernel, VALID
+        ((2, 10, 6, 6, 3), (7, 3, 5), (2, 1, 2), ((3, 2), (1, 1), (2, 0))),  # uneven
+        ((2, 6, 6, 6, 4), (1, 1, 1), (2, 2, 2), ((0, 0),) * 3),  # projection shortcut
+    ],
+)
+def test_depth_folded_conv_equals_xla(x_shape, kernel, strides, padding):
+    x = _random(x_shape, 0)
+    k = _random((*kernel, x_shape[-1], 5), 1)
+
+    def reference(x, k):
+        return lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=DIMS)
+
+    def folded(x, k):
+        return depth_folded_conv(x, k, strides, padding)
+
+    assert folded(x, k).shape == reference(x, k).shape
+    _assert_close(folded(x, k), reference(x, k))
+    (value, grads), (expected, expected_grads) = (
+        _loss_and_grads(folded, x, k),
+        _loss_and_grads(reference, x, k),
+    )
+    _assert_close(value, expected)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        _assert_close(grad, expected_grad)
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+def test_dispatch_resolves_string_padding(padding):
+    x, k = _random((2, 7, 6, 5, 3), 2), _random((3, 3, 3, 3, 4), 3)
+    dims = lax.conv_dimension_numbers(x.shape, k.shape, DIMS)
+    expected = lax.conv_general_dilated(x, k, (2, 1, 2), padding, dimension_numbers=dims)
+    _assert_close(conv_general_dilated(x, k, (2, 1, 2), padding, dimension_numbers=dims), expected)
+
+
+@pytest.mark.parametrize("x_shape", [(2, 6, 7, 5, 3), (2, 9, 8, 3)])
+def test_conv_module_equals_nn_conv_with_the_same_parameters(x_shape):
+    x = _random(x_shape, 4)
+    ndim = len(x_shape) - 2
+    kwargs = dict(features=4, kernel_size=(3,) * ndim, strides=2, padding=((1, 1),) * ndim)
+    ours, theirs = Conv(**kwargs), nn.Conv(**kwargs)
+    variables = theirs.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x)) == jax.tree.map(
+        jnp.shape, variables
+    )
+    _assert_close(ours.apply(variables, x), theirs.apply(variables, x))
+
+
+def test_3d_resnet_block_equals_one_built_on_xla_convolutions(monkeypatch):
+    """A strided 3D ResNet block's output and parameter gradients, against the same block with
+    every convolution left to `lax.conv_general_dilated`."""
+    x = _random((2, 6, 7, 5, 3), 5)
+    model = cnn.BasicBlock(4, strides=2)
+    variables = model.init(jax.random.key(0), x, train=False)
+
+    def loss_and_grads():  # a new function each time: jit traces the model anew
+        def loss(params):  # running statistics: batch norm of a tiny batch is ill-conditioned
+            return jnp.sum(model.apply({**variables, "params": params}, x, train=False) ** 2)
+
+        return jax.jit(jax.value_and_grad(loss))(variables["params"])
+
+    def conv_input_ranks():
+        apply = lambda p: model.apply({**variables, "params": p}, x, train=False)  # noqa: E731
+        eqns = jax.make_jaxpr(apply)(variables["params"]).jaxpr.eqns
+        return {e.invars[0].aval.ndim for e in eqns if e.primitive.name == "conv_general_dilated"}
+
+    value, grads = loss_and_grads()
+    assert conv_input_ranks() == {4}  # on CPU every 3D convolution is folded into a 2D one
+    monkeypatch.setattr(cnn, "Conv", nn.Conv)
+    assert conv_input_ranks() == {5}
+    expected, expected_grads = loss_and_grads()
+    _assert_close(value, expected)
+    jax.tree.map(_assert_close, grads, expected_grads)
