@@ -16,7 +16,7 @@ iterator), and the process's peak host memory. With `--json`, one line `RESULT {
 form of ../shared/peers/torch_bench.py.
 
 Without either, every model and config runs in its own process; with a PyTorch interpreter
-(`--torch`, or $MEDJAX_TORCH_PYTHON, or /work/torchvenv/bin/python where it exists) each model
+(`--torch`, or $MEDJAX_TORCH_PYTHON; see ../shared/peers/README.md to make one) each model
 alternates medjax and PyTorch runs for `--rounds` rounds, so that machine drift hits both. The
 results go to experiments/results/benchmark.json and benchmark.md.
 """
@@ -290,13 +290,13 @@ def _run(command: list[str]) -> dict:
 
 
 def _default_torch() -> str | None:
-    path = os.environ.get("MEDJAX_TORCH_PYTHON", "/work/torchvenv/bin/python")
+    path = os.environ.get("MEDJAX_TORCH_PYTHON", "")
     return path if os.path.exists(path) else None
 
 
 def run_all(torch_python: str | None, rounds: int, models, configs) -> dict:
     me = [sys.executable, os.path.abspath(__file__), "--json"]
-    results = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "command": " ".join(sys.argv), "host": platform.node(),
                "cpus": os.cpu_count(), "load_before": os.getloadavg(), "models": {},
                "configs": {}}  # fmt: skip
