@@ -429,12 +429,11 @@ def predict(config: ml_collections.ConfigDict, workdir: str) -> str:
         raise ConfigError(f"no {config_path}: --workdir must hold a trained run (--mode=train)")
     with open(config_path) as f:
         trained = ml_collections.ConfigDict(json.load(f))
-    flat_trained = traverse_util.flatten_dict(trained.to_dict(), sep=".")
-    flat = traverse_util.flatten_dict(json.loads(config.to_json_best_effort()), sep=".")
-    changes = [f"{k}: {flat_trained.get(k)!r} -> {flat.get(k)!r}"
-               for k in sorted(flat.keys() | flat_trained.keys())
-               if (k in PREDICT_MATCHED_KEYS or k.startswith("model."))
-               and flat_trained.get(k) != flat.get(k)]  # fmt: skip
+    changes = _config_changes(
+        _flat(trained),
+        _flat(config),
+        keep=lambda k: k in PREDICT_MATCHED_KEYS or k.startswith("model."),
+    )
     if changes:
         raise ConfigError(
             f"the model in {workdir} was trained with other model or input settings: "
@@ -476,22 +475,30 @@ RESULT_NEUTRAL_KEYS = (
 )
 
 
+def _flat(config: ml_collections.ConfigDict) -> dict:
+    """The config's keys flattened ("data.seed"), with values as JSON stores them."""
+    return json.loads(json.dumps(traverse_util.flatten_dict(config.to_dict(), sep=".")))
+
+
 def _results_config(config: ml_collections.ConfigDict) -> dict:
     """The config's keys that decide results, flattened, as JSON stores them."""
-    flat = traverse_util.flatten_dict(config.to_dict(), sep=".")
-    kept = {
+    return {
         k: v
-        for k, v in flat.items()
+        for k, v in _flat(config).items()
         if k not in RESULT_NEUTRAL_KEYS and not k.startswith(RESULT_NEUTRAL_SECTIONS)
     }
-    return json.loads(json.dumps(kept))
+
+
+def _config_changes(old: dict, new: dict, keep=lambda key: True) -> list[str]:
+    """`key: old -> new` for each flattened key (that `keep` accepts) whose values differ."""
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
+            if keep(k) and old.get(k) != new.get(k)]  # fmt: skip
 
 
 def _check_unchanged(saved: dict, current: dict, workdir: str, allow: bool) -> None:
     """Refuses (unless `allow`) a config or data that differ from the checkpoint's."""
     old, new = saved["config"], current["config"]
-    changes = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
-               if old.get(k) != new.get(k)]  # fmt: skip
+    changes = _config_changes(old, new)
     if saved["data"] != current["data"]:
         changes.append(f"the data (fingerprint {saved['data']} -> {current['data']})")
     if not changes:
