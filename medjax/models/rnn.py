@@ -7,7 +7,8 @@ the GRU baseline of Che et al. (2018) with the hours compressed (raw hours, up t
 the gates: on PhysioNet 2012 log1p raised the GRU's test AUROC from 0.746 to 0.779, mean of 3
 splits); GRU-D (same paper) reads the raw values (0 where missing) and decays both its input
 towards the empirical mean and its hidden state with the hours since the last observation.
-Every recurrence runs in `jax.lax.scan` through `nn.RNN`.
+Every recurrence runs in `jax.lax.scan` through `nn.RNN` (GRU layers through its subclass
+`medjax.models.gru.GRU`, which writes out the GRU's training step on CPU).
 
 Padded steps (t >= length) are zeroed before the first layer. `nn.RNN(seq_lengths=...)` runs
 the cells through them too (it does not hold the carry), but they come after every valid step in
@@ -24,6 +25,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from medjax.models.gru import GRU
 
 CELLS = ("gru", "lstm", "gru_d")
 POOLINGS = ("last", "mean", "attention")
@@ -145,13 +148,11 @@ class RNNClassifier(nn.Module):
         """nn.RNN over layer `layer`'s cell, unbound so that its params nest under the RNN."""
         kw = dict(features=self.hidden_size, dtype=self.dtype, param_dtype=jnp.float32, parent=None)
         if self.cell == "lstm":
-            cell = nn.OptimizedLSTMCell(**kw)
-        elif self.cell == "gru_d" and layer == 0:
+            return nn.RNN(nn.OptimizedLSTMCell(**kw), **module_kw)
+        if self.cell == "gru_d" and layer == 0:
             mean = None if self.input_mean is None else tuple(self.input_mean)
-            cell = GRUDCell(self.hidden_size, mean, self.dtype, parent=None)
-        else:
-            cell = nn.GRUCell(**kw)
-        return nn.RNN(cell, **module_kw)
+            return nn.RNN(GRUDCell(self.hidden_size, mean, self.dtype, parent=None), **module_kw)
+        return GRU(nn.GRUCell(**kw), **module_kw)
 
     @nn.compact
     def __call__(self, batch: dict, *, train: bool) -> dict:
