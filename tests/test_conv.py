@@ -1,4 +1,7 @@
-"""medjax.models.conv: the depth-folded 3D convolution equals XLA's, values and gradients."""
+"""medjax.models.conv: the depth-folded 3D convolution equals XLA's, values and gradients; and the
+XLA:CPU flag that importing medjax sets."""
+
+import os
 
 import flax.linen as nn
 import jax
@@ -104,3 +107,20 @@ def test_3d_resnet_block_equals_one_built_on_xla_convolutions(monkeypatch):
     expected, expected_grads = loss_and_grads()
     _assert_close(value, expected)
     jax.tree.map(_assert_close, grads, expected_grads)
+
+
+def test_import_leaves_convolutions_to_eigen_on_jaxlib_0_10(monkeypatch):
+    import medjax
+
+    monkeypatch.setattr(medjax.importlib.metadata, "version", lambda _: "0.10.2")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+    medjax._leave_convolutions_to_eigen()
+    flags = "--xla_dump_to=/tmp/x --xla_cpu_experimental_ynn_fusion_type=individual_dot,reduce"
+    assert os.environ["XLA_FLAGS"] == flags
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")  # the user's
+    medjax._leave_convolutions_to_eigen()
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
+    monkeypatch.setattr(medjax.importlib.metadata, "version", lambda _: "0.11.0")
+    monkeypatch.delenv("XLA_FLAGS")
+    medjax._leave_convolutions_to_eigen()
+    assert "XLA_FLAGS" not in os.environ
