@@ -15,10 +15,11 @@ ReLU in between; the last upsampling gives the likelihood's parameters, p(x | z)
 - "gaussian_learned": the same, with log_std one learned scalar parameter initialised at
   log(observation_std) (Rybkin et al., 2021). Use `losses.gaussian_log_likelihood`.
 
-Convolutions pad explicitly and then convolve 'VALID': on XLA:CPU the gradient of an even-sized
-kernel under symmetric 'SAME'-like padding measured 40x slower than this form, and the sub-pixel
-upsampling's weight gradient 2.5x faster than a 4x4 stride-2 transposed conv's. 3D convolutions
-on CPU run as 2D ones over depth taps (medjax.models.conv).
+On XLA:CPU the sub-pixel upsampling's weight gradient measured 2.5x faster than a 4x4 stride-2
+transposed conv's. Convolutions pad inside the conv: with the Eigen convolutions medjax selects
+(medjax/__init__.py) the benchmark VAE's gradient took 43 ms against 49 ms with an explicit pad
+and a 'VALID' conv (under YNNPACK's convolutions it was the other way round, by up to 40x for
+even kernels). 3D convolutions on CPU run as 2D ones over depth taps (medjax.models.conv).
 
 Pick a model by name with `create_model("conv_vae", latent_size=32, ...)`.
 """
@@ -58,14 +59,13 @@ def depth_to_space(x, factor: int = 2):
 
 
 def _padded_conv(x, features: int, kernel: int, strides: int, dtype: Any, name: str):
-    """Pads every spatial side by 1, then a `kernel`-sized conv with `strides`, 'VALID'."""
+    """A `kernel`-sized conv with `strides` over the input padded by 1 on every spatial side."""
     ndim = x.ndim - 2
-    x = jnp.pad(x, ((0, 0),) + ((1, 1),) * ndim + ((0, 0),))
     conv = Conv(
         features,
         (kernel,) * ndim,
         strides=(strides,) * ndim,
-        padding="VALID",
+        padding=((1, 1),) * ndim,
         dtype=dtype,
         param_dtype=jnp.float32,
         name=name,
