@@ -76,7 +76,7 @@ def _backward(residuals, d_hs):
     zeros = (jnp.zeros_like(h0), jnp.zeros_like(u_cat), jnp.zeros_like(w_cat))
     inputs = (d_hs, h_prev, x, r, z, n, hn)
     (dh0, du, dw), (dgx, db, db_hn) = jax.lax.scan(step, zeros, inputs, reverse=True)
-    dx = dgx @ w_cat.T  # dgx is dropped by XLA where x needs no gradient
+    dx = dgx @ w_cat.T  # the inputs' gradient (a lower layer's outputs, or unused)
     split = lambda a: tuple(jnp.split(a, 3, axis=-1))  # noqa: E731
     return split(dw), split(db.sum(0)), split(du), db_hn.sum(0), dx, dh0
 
