@@ -78,8 +78,9 @@ def uses_written_out_path(cell):
     return "custom_vjp_call" in str(jax.make_jaxpr(module.apply)(variables, x))
 
 
-def test_written_out_path_is_taken_on_cpu_for_float32_only():
+def test_written_out_path_is_taken_on_cpu_for_the_plain_float32_cell_only():
     assert jax.default_backend() == "cpu"
     assert uses_written_out_path(nn.GRUCell(H))
     assert not uses_written_out_path(nn.GRUCell(H, dtype=jnp.bfloat16))
     assert not uses_written_out_path(nn.GRUCell(H, gate_fn=nn.hard_sigmoid))
+    assert not uses_written_out_path(nn.GRUCell(H, carry_init=nn.initializers.ones))

@@ -2,8 +2,8 @@
 
 `GRU` is `flax.linen.RNN` over a `flax.linen.GRUCell`: the same module, parameters,
 initialisation and outputs, so checkpoints do not depend on the backend. On CPU, for a float32
-cell with the default gates, the layer's forward and backward passes are written out
-(`gru_scan`, a `jax.custom_vjp`) instead of being traced through the cell step by step:
+cell with the default gates and a zero initial state, the layer's forward and backward passes
+are written out (`gru_scan`, a `jax.custom_vjp`) instead of being traced through the cell:
   - the input projections of all steps are computed before the scan, three [T*B, I] x [I, H]
     matmuls;
   - each step multiplies the hidden state by the three recurrent kernels side by side, one
@@ -99,9 +99,6 @@ class GRU(nn.RNN):
         reverse=None,
         keep_order=None,
     ):
-        kwargs = dict(initial_carry=initial_carry, init_key=init_key, seq_lengths=seq_lengths)
-        kwargs |= dict(return_carry=return_carry, time_major=time_major)
-        kwargs |= dict(reverse=reverse, keep_order=keep_order)
         cell = self.cell
         written_out = (
             jax.default_backend() == "cpu"
@@ -110,12 +107,22 @@ class GRU(nn.RNN):
             and cell.param_dtype == jnp.float32
             and cell.gate_fn is nn.sigmoid
             and cell.activation_fn is nn.tanh
+            and cell.carry_init is nn.initializers.zeros
             and inputs.ndim == 3
             and initial_carry is None
             and not self.is_initializing()
         )
         if not written_out:
-            return super().__call__(inputs, **kwargs)
+            return super().__call__(
+                inputs,
+                initial_carry=initial_carry,
+                init_key=init_key,
+                seq_lengths=seq_lengths,
+                return_carry=return_carry,
+                time_major=time_major,
+                reverse=reverse,
+                keep_order=keep_order,
+            )
         time_major = self.time_major if time_major is None else time_major
         reverse = self.reverse if reverse is None else reverse
         keep_order = self.keep_order if keep_order is None else keep_order
