@@ -124,12 +124,12 @@ def test_physionet_set_a_split():
     config.data.dir = os.path.join(SHARED_DATA, "physionet2012")
     data = ehr.load(config.data)
     sizes = {k: len(v["labels"]) for k, v in data.splits.items()}
-    assert sum(sizes.values()) == 3996
-    assert sizes["test"] == pytest.approx(0.2 * 3996, abs=2)
+    assert sum(sizes.values()) == 4000
+    assert sizes["test"] == pytest.approx(0.2 * 4000, abs=2)
     ids = [set(v["ids"]) for v in data.splits.values()]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
     for split in data.splits.values():
-        assert split["labels"].mean() == pytest.approx(554 / 3996, abs=0.01)
+        assert split["labels"].mean() == pytest.approx(554 / 4000, abs=0.01)
         assert split["values"].shape[1:] == (48, len(physionet2012.VARIABLES))
 
 

@@ -403,19 +403,22 @@ class TestTFDS:
 
 
 @pytest.mark.skipif(not os.path.isdir(REAL_DIR), reason="../shared/data is absent")
-class TestRealSetA:
+class TestRealSets:
     def test_counts_agree_with_readme(self):
         records, labels, stats = pn.read_set(REAL_DIR, "a")
-        # README: 3996 ICU stays, 554 in-hospital deaths (13.9%), four ids with no data.
-        assert len(records) == len(labels) == stats["records"] == 3996
+        # README: 4000 ICU stays, 554 in-hospital deaths; four records hold descriptors only.
+        assert len(records) == len(labels) == stats["records"] == 4000
         assert int(labels.sum()) == stats["deaths"] == 554
-        assert stats["record_files"] == 3996 and stats["empty_records"] == 0
-        assert stats["records_without_outcome"] == 0
-        assert stats["outcomes_without_record_ids"] == [139060, 140501, 140936, 141264]
+        assert stats["record_files"] == 4000 and stats["empty_records"] == 0
+        assert stats["records_without_outcome"] == 0 and stats["outcomes_without_record_ids"] == []
         assert stats["empty_parameter_lines"] == 0 and stats["unknown_parameters"] == {}
         assert stats["unknown_values_dropped"] == 0
         assert stats["placeholders_dropped"] == {"Temp": 63, "Weight": 184}
-        assert stats["observations"] == 1733732
+        assert stats["observations"] == 1733733
+        assert stats["unknown_descriptors"]["ICUType"] == 0  # every record names its ICU
+        by_id = {r.record_id: r for r in records}
+        assert [by_id[i].times.size for i in (140501, 140936, 141264)] == [0, 0, 0]
+        np.testing.assert_array_equal(by_id[140501].descriptors[[0, 1, 3]], [31, 1, 3])
         ids = [r.record_id for r in records]
         assert ids == sorted(ids) and ids[0] == 132539
         first = records[0]  # set-a/132539.txt: Age 54, Gender 0, Height -1, Weight -1
@@ -424,7 +427,7 @@ class TestRealSetA:
         assert first.times[0] == pytest.approx(7 / 60) and first.variables[0] == V["GCS"]
 
         grid = pn.to_grid(records)
-        assert grid["values"].shape == (3996, 48, 37)
+        assert grid["values"].shape == (4000, 48, 37)
         assert (grid["lengths"] >= 1).all() and (grid["lengths"] <= 48).all()
         low = np.array([pn.PHYSIOLOGICAL_RANGES[v][0] for v in pn.VARIABLES])
         high = np.array([pn.PHYSIOLOGICAL_RANGES[v][1] for v in pn.VARIABLES])
@@ -434,3 +437,12 @@ class TestRealSetA:
         mean, std = pn.fit_normalizer(grid["values"], grid["mask"])
         assert 60 < mean[V["HR"]] < 110 and 36 < mean[V["Temp"]] < 38.5
         assert 7.3 < mean[V["pH"]] < 7.5 and std[V["MechVent"]] == 1
+
+    def test_set_b_counts_agree_with_readme(self):
+        records, labels, stats = pn.read_set(REAL_DIR, "b")
+        # README: 4000 ICU stays, 568 in-hospital deaths.
+        assert len(records) == len(labels) == stats["records"] == 4000
+        assert int(labels.sum()) == stats["deaths"] == 568
+        assert stats["outcomes_without_record_ids"] == stats["records_without_outcome_ids"] == []
+        assert stats["unknown_descriptors"]["ICUType"] == 0
+        assert records[0].record_id == 142675
