@@ -6,6 +6,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from medjax import xla_cpu  # noqa: E402
+
+xla_cpu.leave_convolutions_to_eigen()  # as the entry points do, before JAX computes anything
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402

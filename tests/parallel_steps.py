@@ -18,8 +18,9 @@ import numpy as np  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
 from configs import ct_cnn, ehr_rnn  # noqa: E402
-from medjax import optim, parallel, train  # noqa: E402
+from medjax import optim, parallel  # noqa: E402
 from medjax.tasks import build_task  # noqa: E402
+from medjax.train.state import create_train_state  # noqa: E402
 from tests.conftest import shrink  # noqa: E402
 
 
@@ -39,14 +40,14 @@ def run(config, steps, *, devices=None):
     task = build_task(config)
     tx, _ = optim.create_optimizer(config.optimizer, config.trainer.num_train_steps)
     mesh = parallel.data_mesh(devices)
-    create = functools.partial(train.create_train_state, task, tx)
+    create = functools.partial(create_train_state, task, tx)
     keys = jax.random.split(jax.random.key(config.seed))
     state = jax.jit(create, out_shardings=parallel.replicated(mesh))(*keys)
     batches = task.train_batches(0)
     accumulation_steps = config.trainer.accumulation_steps
     losses = []
     if config.parallel == "pmap":
-        step = train.pmap_train_step(task, accumulation_steps)
+        step = steps.pmap_train_step(task, accumulation_steps)
         state = parallel.to_pmap(state)
         for _ in range(steps):
             state, scalars = step(state, parallel.split_local(next(batches)))
@@ -55,7 +56,7 @@ def run(config, steps, *, devices=None):
     else:
         for _ in range(steps):
             batch = parallel.shard_batch(next(batches), mesh)
-            state, scalars = train.train_step(
+            state, scalars = steps.train_step(
                 state, batch, task=task, accumulation_steps=accumulation_steps
             )
             losses.append(scalars["loss"])

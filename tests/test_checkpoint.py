@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from medjax import checkpoint, train
+from medjax import checkpoint
+from medjax.train.state import TrainState
 
 TX = optax.adam(1e-3)  # one optimiser object: the state's tree structure includes it
 
@@ -17,12 +18,12 @@ def _state(seed):
             "bias": jnp.arange(4.0) + seed,
         }
     }
-    return train.TrainState.create(
+    return TrainState.create(
         apply_fn=None,
         params=params,
         tx=TX,
         batch_stats={"norm": {"mean": jnp.full(4, float(seed))}},
-        rng=jax.random.key_data(jax.random.key(seed)),
+        key_data=jax.random.key_data(jax.random.key(seed)),
     )
 
 

@@ -12,9 +12,10 @@ from sklearn import metrics as skm
 
 from configs import default
 from configs import medmnist as medmnist_config
-from medjax import metrics, train
+from medjax import train
 from medjax.data import image_dataset, medmnist
 from medjax.errors import ConfigError
+from medjax.stats import metrics
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "medmnist")
 
