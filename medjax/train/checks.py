@@ -8,10 +8,20 @@ import ml_collections
 from medjax import parallel, privacy
 from medjax.data.dataset import SPLITS
 from medjax.errors import ConfigError
+from medjax.stats import operating_point
 from medjax.tasks import Task
 from medjax.train.steps import PARALLEL
 
 CADENCES = ("num_train_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps")
+
+
+def check_run(config: ml_collections.ConfigDict, task: Task) -> None:
+    """Every check of a run's config and data (training or evaluating)."""
+    check_trainer(config, task)
+    evaluation = config.evaluation
+    operating_point.check(evaluation.operating_point, evaluation.target_sensitivity)
+    check_data(task, config.trainer.batch_size)
+    check_privacy(config, task)
 
 
 def check_trainer(config: ml_collections.ConfigDict, task: Task) -> None:

@@ -21,7 +21,6 @@ from clu import periodic_actions
 from medjax import optim, parallel, privacy
 from medjax.errors import ConfigError, NonFiniteError, Preempted
 from medjax.outputs import writers
-from medjax.stats import operating_point
 from medjax.tasks import Task, build_task
 from medjax.train import checks, run_config, steps
 from medjax.train.evaluation import evaluate_split, final_evaluation
@@ -57,10 +56,7 @@ def train_and_evaluate(
     a config or data that differ from the checkpoint's in a way that changes results, unless
     `allow_config_change`. A finished run is only evaluated again."""
     task = build_task(config)
-    checks.check_trainer(config, task)
-    operating_point.check(config.evaluation.operating_point, config.evaluation.target_sensitivity)
-    checks.check_data(task, config.trainer.batch_size)
-    checks.check_privacy(config, task)
+    checks.check_run(config, task)
     plan = privacy.plan(config, task.split_sizes()["train"])
     fingerprint = run_config.fingerprint(config, task)
     checks.prepare_workdir(workdir)

@@ -11,7 +11,6 @@ from absl import logging
 from medjax import parallel
 from medjax.errors import ConfigError
 from medjax.outputs import writers
-from medjax.stats import operating_point
 from medjax.tasks import Task, build_task
 from medjax.train import checks, run_config
 from medjax.train.evaluation import evaluate_split, explain_examples, final_evaluation
@@ -31,11 +30,8 @@ def evaluate(
     training, unless `allow_config_change`."""
     checks.check_split(split)
     task = build_task(config)
-    checks.check_trainer(config, task)
-    operating_point.check(config.evaluation.operating_point, config.evaluation.target_sensitivity)
     checks.require_checkpoint_dir(workdir)
-    checks.check_data(task, config.trainer.batch_size)
-    checks.check_privacy(config, task)
+    checks.check_run(config, task)
     current = run_config.fingerprint(config, task)
     checks.prepare_workdir(workdir)
     mesh = parallel.data_mesh()
