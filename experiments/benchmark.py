@@ -301,7 +301,7 @@ def _default_torch() -> str | None:
 def run_all(torch_python: str | None, rounds: int, models, configs) -> dict:
     me = [sys.executable, os.path.abspath(__file__), "--json"]
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "command": " ".join(sys.argv), "host": platform.node(),
+               "command": portable_command(sys.argv), "host": platform.node(),
                "cpus": os.cpu_count(), "load_before": os.getloadavg(), "models": {},
                "configs": {}}  # fmt: skip
     for name in models:
@@ -321,6 +321,28 @@ def run_all(torch_python: str | None, rounds: int, models, configs) -> dict:
         print(f"config {name}: {_summary(results['configs'][name])}", flush=True)
     results["load_after"] = os.getloadavg()
     return results
+
+
+def portable_command(argv: list[str]) -> str:
+    """The command line as results record it, naming no path of this machine: the PyTorch
+    interpreter as PYTHON, a file in the repository by its path there, any other by its name."""
+    words = []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--torch=") or (i and argv[i - 1] == "--torch"):
+            words.append("--torch=PYTHON" if arg.startswith("--torch=") else "PYTHON")
+        elif arg.startswith("-") and "=" in arg:
+            flag, _, value = arg.partition("=")
+            words.append(f"{flag}={_portable_path(value)}")
+        else:
+            words.append(_portable_path(arg))
+    return " ".join(words)
+
+
+def _portable_path(value: str) -> str:
+    if not os.path.isabs(value):
+        return value
+    inside = os.path.relpath(value, REPO)
+    return os.path.basename(value) if inside.startswith(os.pardir) else inside
 
 
 def _summary(result: dict) -> str:

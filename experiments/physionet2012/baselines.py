@@ -6,8 +6,8 @@
 For each split seed (config.data.seed of configs/ehr_physionet.py) it loads the same train/val/
 test split with the same training-only normalisation, summarises each stay per variable (mean,
 min, max, first and last value, log count of observations) plus the static descriptors, and fits
-logistic regression and gradient-boosted trees (scikit-learn, from the test extras) on training
-stays only. It prints val and test AUROC per seed and their means.
+logistic regression and gradient-boosted trees (scikit-learn: `pip install -e '.[experiments]'`)
+on training stays only. It prints val and test AUROC per seed and their means.
 """
 
 import numpy as np
