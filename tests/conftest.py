@@ -1,16 +1,44 @@
 """Shared test helpers: tiny configs that run end to end in seconds."""
 
+import atexit
 import importlib
 import os
+import shutil
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _share_a_compilation_cache():
+    """JAX's persistent compilation cache in a fresh folder for this pytest session: the tests
+    compile the same tiny models again and again (each run builds a new Task, a static argument
+    of the jitted steps), in the xdist workers and in the `python -m medjax.main` processes the
+    tests start, which all inherit these variables; the process that made the folder removes it
+    at exit. Only the tests set it: a user's runs cache nothing."""
+    folder = os.environ.get("MEDJAX_TEST_COMPILATION_CACHE")
+    if not (folder and os.path.isdir(folder)):  # else an xdist worker, or a script a test runs
+        folder = tempfile.mkdtemp(prefix="medjax-test-jax-cache-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ.update(
+        MEDJAX_TEST_COMPILATION_CACHE=folder,
+        JAX_COMPILATION_CACHE_DIR=folder,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",  # the tiny models compile fast
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",  # and every entry is worth keeping
+    )
+
+
+_share_a_compilation_cache()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 tf.config.set_visible_devices([], "GPU")
+# In case a plugin imported jax before this file set the variables it reads at import.
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 def shrink(config, *, image_shape=(32, 32), steps=6):
