@@ -68,29 +68,31 @@ def _run(*args, devices=1, python=("-m", "medjax.main")):
         ),  # fmt: skip
     ],
 )
-def test_bad_input_is_reported_plainly_and_writes_nothing(tmp_path, args, message):
+def test_bad_input_is_reported_plainly_and_writes_nothing(tmp_path, run_main, args, message):
     workdir = tmp_path / "run"
-    result = _run(*args, f"--workdir={workdir}")
-    assert result.returncode != 0
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
+    returncode, stderr = run_main(*args, f"--workdir={workdir}")
+    assert returncode != 0
+    assert message in stderr
+    assert "Traceback" not in stderr
     assert not workdir.exists()
 
 
-def test_unwritable_workdir(tmp_path):
+def test_unwritable_workdir(tmp_path, run_main):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    result = _run("--config=configs/ct_cnn.py", f"--workdir={blocker}/run")
-    assert result.returncode != 0
-    assert f"cannot write to --workdir='{blocker}/run'" in result.stderr
-    assert "Traceback" not in result.stderr
+    returncode, stderr = run_main("--config=configs/ct_cnn.py", f"--workdir={blocker}/run")
+    assert returncode != 0
+    assert f"cannot write to --workdir='{blocker}/run'" in stderr
+    assert "Traceback" not in stderr
     assert blocker.read_text() == "not a folder"
 
 
-def test_evaluate_without_a_checkpoint(tmp_path):
-    result = _run("--config=configs/ct_cnn.py", f"--workdir={tmp_path}/run", "--mode=evaluate")
-    assert result.returncode != 0 and "train first (--mode=train)" in result.stderr
-    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+def test_evaluate_without_a_checkpoint(tmp_path, run_main):
+    returncode, stderr = run_main(
+        "--config=configs/ct_cnn.py", f"--workdir={tmp_path}/run", "--mode=evaluate"
+    )
+    assert returncode != 0 and "train first (--mode=train)" in stderr
+    assert "Traceback" not in stderr and not (tmp_path / "run").exists()
 
 
 def test_batch_not_divisible_by_the_devices(tmp_path):
@@ -161,16 +163,16 @@ CT_FOLDER = [
     ],
     ids=["empty_folder", "corrupt_npz", "label_out_of_range", "corrupt_dicom", "corrupt_tarball"],
 )
-def test_bad_data_is_named_and_nothing_is_written(tmp_path, make, args, message):
+def test_bad_data_is_named_and_nothing_is_written(tmp_path, run_main, make, args, message):
     data = str(tmp_path / "data")
     make(data)
     workdir = tmp_path / "run"
-    result = _run(
+    returncode, stderr = run_main(
         *args, f"--config.data.dir={data}", f"--config.data.cache_dir={tmp_path}/cache",
         f"--workdir={workdir}",
     )  # fmt: skip
-    assert result.returncode == 1, result.stderr[-3000:]
-    assert message in result.stderr and "Traceback" not in result.stderr
+    assert returncode == 1, stderr[-3000:]
+    assert message in stderr and "Traceback" not in stderr
     assert not workdir.exists()
 
 
