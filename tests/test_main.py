@@ -8,6 +8,11 @@ import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL_SPLITS = [
+    "--config.data.num_train=96",
+    "--config.data.num_val=40",
+    "--config.data.num_test=48",
+]
 
 
 def _run(*args, devices=1, python=("-m", "medjax.main")):
@@ -46,11 +51,12 @@ def _run(*args, devices=1, python=("-m", "medjax.main")):
             "MedMNIST name",
         ),
         (
-            ["--config=configs/ct_cnn.py", "--config.data.num_val=0"],
+            # (the other splits small: the synthetic patients are drawn before the check)
+            ["--config=configs/ct_cnn.py", "--config.data.num_val=0", *SMALL_SPLITS[::2]],
             "the val split is empty; add data, or change the split sizes (data.num_val",
         ),
         (
-            ["--config=configs/ct_cnn.py", "--config.data.num_train=10"],
+            ["--config=configs/ct_cnn.py", "--config.data.num_train=10", *SMALL_SPLITS[1:]],
             "the training split has 10 examples, fewer than trainer.batch_size=64",
         ),
         (["--config=configs/medmnist.py:foomnist"], "unknown MedMNIST dataset 'foomnist'"),
@@ -80,7 +86,9 @@ def test_bad_input_is_reported_plainly_and_writes_nothing(tmp_path, run_main, ar
 def test_unwritable_workdir(tmp_path, run_main):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    returncode, stderr = run_main("--config=configs/ct_cnn.py", f"--workdir={blocker}/run")
+    returncode, stderr = run_main(
+        "--config=configs/ct_cnn.py", *SMALL_SPLITS, f"--workdir={blocker}/run"
+    )
     assert returncode != 0
     assert f"cannot write to --workdir='{blocker}/run'" in stderr
     assert "Traceback" not in stderr
