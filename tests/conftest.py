@@ -61,6 +61,14 @@ def shrink(config, *, image_shape=(32, 32), steps=6):
     return config
 
 
+def pytest_collection_modifyitems(config, items):
+    """Marks slow, besides the tests decorated so, every test that starts `python -m
+    medjax.main` or a script with several host devices through the fixtures below."""
+    for item in items:
+        if {"tiny_ct_cnn_command", "host_devices_env"} & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def tiny():
     """tiny(name, **shrink_options): a fresh tiny copy of configs/<name>.py."""

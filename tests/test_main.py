@@ -103,6 +103,7 @@ def test_evaluate_without_a_checkpoint(tmp_path, run_main):
     assert "Traceback" not in stderr and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_batch_not_divisible_by_the_devices(tmp_path):
     result = _run(
         "--config=configs/ct_cnn.py", "--config.trainer.batch_size=6", f"--workdir={tmp_path}/w",
@@ -204,6 +205,7 @@ app.run(main.main, flags_parser=main.parse_flags)
 """
 
 
+@pytest.mark.slow
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path):
     result = _run(
         "--config=configs/ct_cnn.py",
