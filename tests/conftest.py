@@ -1,10 +1,36 @@
 """Shared test helpers: tiny configs that run end to end in seconds."""
 
+import atexit
+import contextlib
 import importlib
 import os
+import shutil
 import sys
+import tempfile
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _share_a_compilation_cache():
+    """JAX's persistent compilation cache in a fresh folder for this pytest session: the tests
+    compile the same tiny models again and again (each run builds a new Task, a static argument
+    of the jitted steps), in the xdist workers and in the `python -m medjax.main` processes the
+    tests start, which all inherit these variables; the process that made the folder removes it
+    at exit. Only the tests set it: a user's runs cache nothing."""
+    folder = os.environ.get("MEDJAX_TEST_COMPILATION_CACHE")
+    if not (folder and os.path.isdir(folder)):  # else an xdist worker, or a script a test runs
+        folder = tempfile.mkdtemp(prefix="medjax-test-jax-cache-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ.update(
+        MEDJAX_TEST_COMPILATION_CACHE=folder,
+        JAX_COMPILATION_CACHE_DIR=folder,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",  # the tiny models compile fast
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",  # and every entry is worth keeping
+    )
+
+
+_share_a_compilation_cache()
 
 from medjax import xla_cpu  # noqa: E402
 
@@ -15,6 +41,10 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 tf.config.set_visible_devices([], "GPU")
+# In case a plugin imported jax before this file set the variables it reads at import.
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 def shrink(config, *, image_shape=(32, 32), steps=6):
@@ -33,6 +63,14 @@ def shrink(config, *, image_shape=(32, 32), steps=6):
     config.model.hidden_size = 16
     config.explain.num_examples = 0  # tests that need explanations ask for them
     return config
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks slow, besides the tests decorated so, every test that starts `python -m
+    medjax.main` or a script with several host devices through the fixtures below."""
+    for item in items:
+        if {"tiny_ct_cnn_command", "host_devices_env"} & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture
@@ -90,3 +128,74 @@ def x64():
     jax.config.update("jax_enable_x64", True)
     yield
     jax.config.update("jax_enable_x64", previous)
+
+
+_REGISTRY = ("__flags", "__hiddenflags", "__flags_by_module", "__flags_by_module_id",
+             "__key_flags_by_module")  # fmt: skip
+_MAIN_FLAGS = {}  # medjax.main's absl flags, by name, once imported
+
+
+@contextlib.contextmanager
+def _flags_of_medjax_main():
+    """absl's global FLAGS with medjax.main's flags, unparsed, in place of flags of the same
+    names other modules define (experiments/*.py, which tests run with runpy); afterwards FLAGS
+    are as they were, without the --config.KEY flags that parsing a config defines."""
+    from absl import app, flags  # noqa: F401  (defined before the registry is emptied)
+    from ml_collections import config_flags  # noqa: F401
+
+    def copied(registry):  # the containers copied, the Flag objects shared
+        return {
+            "__flags": dict(registry["__flags"]),
+            "__hiddenflags": set(registry["__hiddenflags"]),
+            **{key: {k: list(v) for k, v in registry[key].items()} for key in _REGISTRY[2:]},
+        }
+
+    values = flags.FLAGS.__dict__
+    saved = copied(values)
+    parsed = flags.FLAGS.is_parsed()
+    try:
+        if not _MAIN_FLAGS:
+            if "medjax.main" in sys.modules:  # imported elsewhere: its flags are registered
+                defined = saved["__flags_by_module"].get("medjax.main", [])
+                _MAIN_FLAGS.update((f.name, f) for f in defined)
+            else:  # defined in an empty registry, where no other module's flag is in the way
+                values.update({key: type(saved[key])() for key in _REGISTRY})
+                importlib.import_module("medjax.main")
+                _MAIN_FLAGS.update(flags.FLAGS._flags())
+                values.update(copied(saved))
+        for name, flag in _MAIN_FLAGS.items():
+            flag.unparse()
+            flags.FLAGS._flags()[name] = flag
+        yield
+    finally:
+        values.update(saved)
+        values["__flags_parsed"] = parsed
+
+
+@pytest.fixture
+def run_main(monkeypatch, capfd):
+    """run_main(*args) -> (exit status, stderr): `python -m medjax.main ARGS` from the repository
+    root, run in this process (a new process would only add the imports of TensorFlow and JAX)
+    on its one CPU device. An exception medjax.main lets through (a traceback) fails the test."""
+    from absl import app
+
+    def run(*args):
+        assert jax.device_count() == 1, "the command runs on 1 device here"
+        argv = [os.path.join(REPO, "medjax", "main.py"), *args]
+        monkeypatch.chdir(REPO)
+        monkeypatch.setattr(sys, "argv", argv)  # where ml_collections reads --config.KEY
+        # app.run's one-time set-up (logging handler, process name) is not this process's.
+        monkeypatch.setattr(app._run_init, "done", True)
+        capfd.readouterr()
+        with _flags_of_medjax_main():
+            main = sys.modules["medjax.main"]
+            try:
+                app.run(main.main, argv=argv, flags_parser=main.parse_flags)
+                status = 0
+            except SystemExit as e:  # as the interpreter reports it
+                status = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+                if not isinstance(e.code, int | None):
+                    print(e.code, file=sys.stderr)
+        return status, capfd.readouterr().err
+
+    return run

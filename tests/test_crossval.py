@@ -91,6 +91,7 @@ def test_ehr_normalisation_is_fitted_on_the_training_fold_only(tiny):
             assert np.max(np.abs(means[seen])) > 1e-3, name
 
 
+@pytest.mark.slow
 def test_crossval_runs_every_fold_and_summarises_them(tiny, tmp_path):
     cross_validate = runpy.run_path(os.path.join(REPO, "experiments", "crossval.py"))[
         "cross_validate"

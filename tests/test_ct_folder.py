@@ -396,6 +396,7 @@ class TestCtFolder:
         )
         assert image_dataset(data_config(directory, cache).data).num_classes == 2
 
+    @pytest.mark.slow
     def test_train_end_to_end(self, tiny, tmp_path):
         labels, patients = [0, 1] * 6, [f"p{i}" for i in range(12)]
         directory = write_folder(tmp_path / "ct", labels, patients, shape=(8, 16, 16))

@@ -79,6 +79,7 @@ def test_bad_ehr_config(tiny):
         build_task(config)
 
 
+@pytest.mark.slow
 def test_ehr_rnn_end_to_end(tiny, tmp_path):
     config = tiny("ehr_rnn")
     config.explain.update(num_examples=2, ig_steps=4)

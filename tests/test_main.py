@@ -8,6 +8,11 @@ import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL_SPLITS = [
+    "--config.data.num_train=96",
+    "--config.data.num_val=40",
+    "--config.data.num_test=48",
+]
 
 
 def _run(*args, devices=1, python=("-m", "medjax.main")):
@@ -46,11 +51,12 @@ def _run(*args, devices=1, python=("-m", "medjax.main")):
             "MedMNIST name",
         ),
         (
-            ["--config=configs/ct_cnn.py", "--config.data.num_val=0"],
+            # (the other splits small: the synthetic patients are drawn before the check)
+            ["--config=configs/ct_cnn.py", "--config.data.num_val=0", *SMALL_SPLITS[::2]],
             "the val split is empty; add data, or change the split sizes (data.num_val",
         ),
         (
-            ["--config=configs/ct_cnn.py", "--config.data.num_train=10"],
+            ["--config=configs/ct_cnn.py", "--config.data.num_train=10", *SMALL_SPLITS[1:]],
             "the training split has 10 examples, fewer than trainer.batch_size=64",
         ),
         (["--config=configs/medmnist.py:foomnist"], "unknown MedMNIST dataset 'foomnist'"),
@@ -68,31 +74,36 @@ def _run(*args, devices=1, python=("-m", "medjax.main")):
         ),  # fmt: skip
     ],
 )
-def test_bad_input_is_reported_plainly_and_writes_nothing(tmp_path, args, message):
+def test_bad_input_is_reported_plainly_and_writes_nothing(tmp_path, run_main, args, message):
     workdir = tmp_path / "run"
-    result = _run(*args, f"--workdir={workdir}")
-    assert result.returncode != 0
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
+    returncode, stderr = run_main(*args, f"--workdir={workdir}")
+    assert returncode != 0
+    assert message in stderr
+    assert "Traceback" not in stderr
     assert not workdir.exists()
 
 
-def test_unwritable_workdir(tmp_path):
+def test_unwritable_workdir(tmp_path, run_main):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    result = _run("--config=configs/ct_cnn.py", f"--workdir={blocker}/run")
-    assert result.returncode != 0
-    assert f"cannot write to --workdir='{blocker}/run'" in result.stderr
-    assert "Traceback" not in result.stderr
+    returncode, stderr = run_main(
+        "--config=configs/ct_cnn.py", *SMALL_SPLITS, f"--workdir={blocker}/run"
+    )
+    assert returncode != 0
+    assert f"cannot write to --workdir='{blocker}/run'" in stderr
+    assert "Traceback" not in stderr
     assert blocker.read_text() == "not a folder"
 
 
-def test_evaluate_without_a_checkpoint(tmp_path):
-    result = _run("--config=configs/ct_cnn.py", f"--workdir={tmp_path}/run", "--mode=evaluate")
-    assert result.returncode != 0 and "train first (--mode=train)" in result.stderr
-    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+def test_evaluate_without_a_checkpoint(tmp_path, run_main):
+    returncode, stderr = run_main(
+        "--config=configs/ct_cnn.py", f"--workdir={tmp_path}/run", "--mode=evaluate"
+    )
+    assert returncode != 0 and "train first (--mode=train)" in stderr
+    assert "Traceback" not in stderr and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_batch_not_divisible_by_the_devices(tmp_path):
     result = _run(
         "--config=configs/ct_cnn.py", "--config.trainer.batch_size=6", f"--workdir={tmp_path}/w",
@@ -161,16 +172,16 @@ CT_FOLDER = [
     ],
     ids=["empty_folder", "corrupt_npz", "label_out_of_range", "corrupt_dicom", "corrupt_tarball"],
 )
-def test_bad_data_is_named_and_nothing_is_written(tmp_path, make, args, message):
+def test_bad_data_is_named_and_nothing_is_written(tmp_path, run_main, make, args, message):
     data = str(tmp_path / "data")
     make(data)
     workdir = tmp_path / "run"
-    result = _run(
+    returncode, stderr = run_main(
         *args, f"--config.data.dir={data}", f"--config.data.cache_dir={tmp_path}/cache",
         f"--workdir={workdir}",
     )  # fmt: skip
-    assert result.returncode == 1, result.stderr[-3000:]
-    assert message in result.stderr and "Traceback" not in result.stderr
+    assert returncode == 1, stderr[-3000:]
+    assert message in stderr and "Traceback" not in stderr
     assert not workdir.exists()
 
 
@@ -194,6 +205,7 @@ app.run(main.main, flags_parser=main.parse_flags)
 """
 
 
+@pytest.mark.slow
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path):
     result = _run(
         "--config=configs/ct_cnn.py",

@@ -271,6 +271,7 @@ def tiny_medmnist(name, directory, steps=4):
     return config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["dermamnist", "chestmnist", "nodulemnist3d"])
 def test_trains_end_to_end(tmp_path, name):
     write_npz(tmp_path, name)

@@ -33,6 +33,7 @@ def runs(tmp_path_factory, host_devices_env):
     return runs
 
 
+@pytest.mark.slow
 def test_jit_sharded_pmap_and_single_device_steps_agree(runs):
     single, jit, pmap = runs["single"], runs["jit"], runs["pmap"]
     assert any(key.startswith("batch_stats/") for key in jit)  # batch norm is exercised
@@ -44,6 +45,7 @@ def test_jit_sharded_pmap_and_single_device_steps_agree(runs):
     assert np.all(np.diff(jit["losses"]) < 0)  # the steps did train
 
 
+@pytest.mark.slow
 def test_accumulated_micro_batches_equal_one_large_batch(runs):
     whole = runs["whole"]
     for name in ("accumulated", "accumulated_pmap"):
@@ -52,6 +54,7 @@ def test_accumulated_micro_batches_equal_one_large_batch(runs):
             np.testing.assert_allclose(runs[name][key], whole[key], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_bfloat16_training_reaches_the_float32_loss(runs):
     f32, bf16 = runs["float32"]["losses"], runs["bfloat16"]["losses"]
     assert not np.array_equal(f32, bf16)  # bfloat16 did compute in lower precision
@@ -63,6 +66,7 @@ def test_bfloat16_training_reaches_the_float32_loss(runs):
     assert f32[-20:].mean() < 0.01
 
 
+@pytest.mark.slow
 def test_pmap_run_end_to_end_matches_jit_on_one_device(tiny_config, tmp_path):
     expected = train.train_and_evaluate(tiny_config, str(tmp_path / "jit"))
     tiny_config.parallel = "pmap"

@@ -317,6 +317,7 @@ def test_refuses_to_resume_a_private_run_with_other_privacy_settings():
 # End to end.
 
 
+@pytest.mark.slow
 def test_a_tiny_private_run_logs_epsilon_and_writes_privacy_json(tiny, tmp_path):
     config = _private(tiny("ct_cnn", image_shape=(16, 16)), noise_multiplier=1.0,
                       microbatch_size=8)  # fmt: skip

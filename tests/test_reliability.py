@@ -40,6 +40,7 @@ def _restore_params(workdir, step):
     return ocp.tree.to_flat_dict(ocp.StandardCheckpointer().restore(path)["params"])
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(
     tiny_config, tmp_path, monkeypatch
 ):
@@ -52,6 +53,7 @@ def test_nonfinite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(
     assert sorted(os.listdir(tmp_path / "checkpoints" / "latest")) == ["3"]
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_skips_the_update_when_asked(tiny_config, tmp_path, monkeypatch):
     built = _nan_at_step(monkeypatch, 4)
     tiny_config.trainer.on_nonfinite = "skip"
@@ -69,6 +71,7 @@ def test_nonfinite_loss_skips_the_update_when_asked(tiny_config, tmp_path, monke
     assert all(np.isfinite(line["loss"]) for line in train_lines)
 
 
+@pytest.mark.slow
 def test_resuming_with_a_config_that_changes_results_is_refused(tiny_config, tmp_path):
     train.train_and_evaluate(tiny_config, str(tmp_path))
     before = {name: (tmp_path / name).read_bytes() for name in ("config.json", "metrics.jsonl")}
@@ -91,6 +94,7 @@ def test_resuming_with_a_config_that_changes_results_is_refused(tiny_config, tmp
     train.train_and_evaluate(changed, str(tmp_path), allow_config_change=True)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_model_names_the_shapes(tiny_config, tmp_path):
     train.train_and_evaluate(tiny_config, str(tmp_path))
     tiny_config.model.width = 0.25

@@ -34,6 +34,7 @@ def _latest_params(workdir, config):
     return state, progress
 
 
+@pytest.mark.slow
 def test_ct_cnn_end_to_end_writes_the_workdir_contract(tiny_config, tmp_path):
     workdir = str(tmp_path)
     tiny_config.explain.update(num_examples=2, smoothgrad_samples=2, ig_steps=4)
@@ -134,6 +135,7 @@ def test_explain_refuses_a_task_without_explanations_and_a_missing_checkpoint(ti
     assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_ct_cnn3d_end_to_end(tiny, tmp_path):
     config = tiny("ct_cnn3d", image_shape=(16, 16, 16), steps=3)
     metrics = train.train_and_evaluate(config, str(tmp_path))
@@ -141,6 +143,7 @@ def test_ct_cnn3d_end_to_end(tiny, tmp_path):
     assert [line["split"] for line in _lines(tmp_path)][-1] == "test"
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_is_exact(tiny_config, tmp_path, monkeypatch):
     tiny_config.model.dropout_rate = 0.3  # randomness in the step must resume exactly too
     straight = str(tmp_path / "straight")
@@ -172,6 +175,7 @@ def test_resume_after_a_crash_is_exact(tiny_config, tmp_path, monkeypatch):
     assert order == [(line["split"], line["step"]) for line in _lines(straight)]
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_run_only_evaluates(tiny_config, tmp_path, monkeypatch):
     real_step, calls = steps.train_step, []
 
@@ -188,6 +192,7 @@ def test_rerun_of_a_finished_run_only_evaluates(tiny_config, tmp_path, monkeypat
     assert [line["split"] for line in _lines(tmp_path)].count("test") == 1
 
 
+@pytest.mark.slow
 def test_early_stopping_and_best_checkpoint(tiny_config, tmp_path):
     tiny_config.trainer.num_train_steps = 30
     tiny_config.trainer.eval_every_steps = 1
@@ -240,6 +245,7 @@ def test_ema_follows_its_closed_form(tiny_config):
     assert state.eval_params is state.ema_params
 
 
+@pytest.mark.slow
 def test_ema_run_evaluates_and_resumes_the_average(tiny_config, tmp_path):
     tiny_config.trainer.ema_decay = 0.9
     train.train_and_evaluate(tiny_config, str(tmp_path))

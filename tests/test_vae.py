@@ -350,6 +350,7 @@ def test_reconstruct_is_the_decoded_mean_at_the_posterior_mean(likelihood):
         assert np.all((recon > 0) & (recon < 1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("image_shape", [(32, 32), (16, 16, 16)])
 def test_ct_vae_end_to_end(tiny, tmp_path, image_shape):
     from medjax import train
