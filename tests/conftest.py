@@ -1,6 +1,7 @@
 """Shared test helpers: tiny configs that run end to end in seconds."""
 
 import atexit
+import collections
 import contextlib
 import importlib
 import os
@@ -61,12 +62,34 @@ def shrink(config, *, image_shape=(32, 32), steps=6):
     return config
 
 
+PROCESS_FIXTURES = {"tiny_ct_cnn_command", "host_devices_env"}  # tests that start processes
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
     """Marks slow, besides the tests decorated so, every test that starts `python -m
-    medjax.main` or a script with several host devices through the fixtures below."""
+    medjax.main` or a script with several host devices through the fixtures below (before -m
+    selects by marks).
+
+    In an xdist worker, then orders the selected tests' files by their rough cost, the costliest
+    first: `--dist loadfile --no-loadscope-reorder` (pyproject's addopts) hands the files out in
+    this order, so that the short files even out the workers' ends."""
     for item in items:
-        if {"tiny_ct_cnn_command", "host_devices_env"} & set(item.fixturenames):
+        if PROCESS_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
+    result = yield
+    if hasattr(config, "workerinput"):
+
+        def cost(item):  # a process with TensorFlow, JAX and compilations; a training; a test
+            if PROCESS_FIXTURES & set(item.fixturenames):
+                return 60
+            return 20 if item.get_closest_marker("slow") else 1
+
+        costs = collections.Counter()
+        for item in items:
+            costs[item.path] += cost(item)
+        items.sort(key=lambda item: -costs[item.path])  # stable: a file's tests stay in order
+    return result
 
 
 @pytest.fixture
