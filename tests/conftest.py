@@ -33,15 +33,29 @@ def _share_a_compilation_cache():
 
 _share_a_compilation_cache()
 
-import jax  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-tf.config.set_visible_devices([], "GPU")
-# In case a plugin imported jax before this file set the variables it reads at import.
-jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+def _set_up_tensorflow_and_jax():
+    import jax
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")
+    # In case a plugin imported jax before this file set the variables it reads at import.
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+if "_pytest" not in sys.modules:  # imported by a script the tests run (tests/parallel_steps.py)
+    _set_up_tensorflow_and_jax()
+
+import pytest  # noqa: E402
+
+
+def pytest_configure(config):
+    """Sets up TensorFlow and JAX where the tests run: not in xdist's controller, which would
+    spend seconds importing them before it starts the workers."""
+    if not getattr(config.option, "numprocesses", None) or hasattr(config, "workerinput"):
+        _set_up_tensorflow_and_jax()
 
 
 def shrink(config, *, image_shape=(32, 32), steps=6):
@@ -143,6 +157,8 @@ def host_devices_env():
 @pytest.fixture
 def x64():
     """float64 for gradient checks, restored afterwards."""
+    import jax
+
     previous = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", True)
     yield
@@ -196,6 +212,7 @@ def run_main(monkeypatch, capfd):
     """run_main(*args) -> (exit status, stderr): `python -m medjax.main ARGS` from the repository
     root, run in this process (a new process would only add the imports of TensorFlow and JAX)
     on its one CPU device. An exception medjax.main lets through (a traceback) fails the test."""
+    import jax
     from absl import app
 
     def run(*args):
