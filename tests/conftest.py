@@ -1,7 +1,6 @@
 """Shared test helpers: tiny configs that run end to end in seconds."""
 
 import atexit
-import collections
 import contextlib
 import importlib
 import os
@@ -85,24 +84,23 @@ def pytest_collection_modifyitems(config, items):
     medjax.main` or a script with several host devices through the fixtures below (before -m
     selects by marks).
 
-    In an xdist worker, then orders the selected tests' files by their rough cost, the costliest
-    first: `--dist loadfile --no-loadscope-reorder` (pyproject's addopts) hands the files out in
-    this order, so that the short files even out the workers' ends."""
+    In an xdist worker, then puts the selected tests that start processes first, then the other
+    slow ones, then the rest, each group in file order: `--dist worksteal` (pyproject's addopts)
+    deals the list out in two halves and a worker that runs out takes half of what the other
+    has left, from its end, so that the long tests start early and the short ones even out the
+    workers' ends (`--dist loadfile` handed out whole files, those with the most tests first,
+    which put the few long ones last)."""
     for item in items:
         if PROCESS_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
     result = yield
     if hasattr(config, "workerinput"):
-
-        def cost(item):  # a process with TensorFlow, JAX and compilations; a training; a test
-            if PROCESS_FIXTURES & set(item.fixturenames):
-                return 60
-            return 20 if item.get_closest_marker("slow") else 1
-
-        costs = collections.Counter()
-        for item in items:
-            costs[item.path] += cost(item)
-        items.sort(key=lambda item: -costs[item.path])  # stable: a file's tests stay in order
+        items.sort(  # stable: in file order within each group
+            key=lambda item: (
+                not PROCESS_FIXTURES & set(item.fixturenames),
+                not item.get_closest_marker("slow"),
+            )
+        )
     return result
 
 
