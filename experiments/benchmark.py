@@ -38,13 +38,16 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from medjax import xla_cpu  # noqa: E402
+
+xla_cpu.leave_convolutions_to_eigen()  # before JAX computes anything
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
-from medjax.models import cnn, conv, rnn, vae  # noqa: E402
+from medjax.models import cnn, conv, conv_vae, rnn  # noqa: E402
 
 TORCH_BENCH = os.path.join(os.path.dirname(REPO), "shared", "peers", "torch_bench.py")
 RESULTS = os.path.join(REPO, "experiments", "results")
@@ -108,7 +111,7 @@ def canonical(name: str):
         batch |= {"lengths": rng.integers(1, GRU_STEPS + 1, b), "static": np.zeros((b, 0))}
         return model, batch | {"label": labels.astype(float)}, lambda x: x, _binary_cross_entropy
     if name == "conv_vae":
-        model = vae.create_model("conv_vae", latent_size=32, widths=(32, 64))
+        model = conv_vae.create_model("conv_vae", latent_size=32, widths=(32, 64))
         batch = {"image": rng.random((b, 28, 28, 1)).round()}
         return model, batch, lambda x: x["image"], _vae_loss
     raise ValueError(f"unknown model {name!r}; valid names: {', '.join(BATCH)}")
@@ -215,9 +218,10 @@ def bench_model(name: str, steps: int | None = None, warmup: int | None = None) 
 
 def bench_config(name: str, steps: int = 20, warmup: int = 3, batches: int = 30) -> dict:
     """A default config's real `train_step` and `eval_step`, and its input pipeline alone."""
-    from medjax import optim, parallel, train  # noqa: PLC0415 (heavy: TensorFlow)
-    from medjax.evaluation import eval_step  # noqa: PLC0415
+    from medjax import optim, parallel  # noqa: PLC0415 (heavy: TensorFlow)
     from medjax.tasks import build_task  # noqa: PLC0415
+    from medjax.train import state as train_state  # noqa: PLC0415
+    from medjax.train import steps  # noqa: PLC0415
 
     config = importlib.import_module(f"configs.{name}").get_config()
     start = time.perf_counter()
@@ -225,7 +229,7 @@ def bench_config(name: str, steps: int = 20, warmup: int = 3, batches: int = 30)
     build_s = time.perf_counter() - start
     tx, _ = optim.create_optimizer(config.optimizer, config.trainer.num_train_steps)
     mesh = parallel.data_mesh()
-    create = functools.partial(train.create_train_state, task, tx, ema_decay=0.0)
+    create = functools.partial(train_state.create_train_state, task, tx, ema_decay=0.0)
     keys = jax.random.split(jax.random.key(config.seed))
     state = jax.jit(create, out_shardings=parallel.replicated(mesh))(*keys)
 
@@ -238,7 +242,7 @@ def bench_config(name: str, steps: int = 20, warmup: int = 3, batches: int = 30)
     pipeline_ex_s = batches * config.trainer.batch_size / (time.perf_counter() - start)
 
     device_batches = [parallel.shard_batch(b, mesh) for b in host_batches[:4]]
-    step = functools.partial(train.train_step, task=task, accumulation_steps=1)
+    step = functools.partial(steps.train_step, task=task, accumulation_steps=1)
     step = jax.jit(step, donate_argnums=0)
     compiled, compile_s, _ = _compiled(step, state, device_batches[0])
     times = []
@@ -251,7 +255,7 @@ def bench_config(name: str, steps: int = 20, warmup: int = 3, batches: int = 30)
     train_ex_s = config.trainer.batch_size / statistics.median(times)
 
     eval_batch = parallel.shard_batch(next(task.eval_batches("val")), mesh)
-    evaluate = jax.jit(functools.partial(eval_step, task=task))
+    evaluate = jax.jit(functools.partial(steps.eval_step, task=task))
     compiled_eval, eval_compile_s, _ = _compiled(evaluate, state, eval_batch)
     eval_times = _timed(lambda s, b: (s, compiled_eval(s, b)), state, (eval_batch,), 5, 1)[1]
     eval_size = len(eval_batch["valid"])
@@ -297,7 +301,7 @@ def _default_torch() -> str | None:
 def run_all(torch_python: str | None, rounds: int, models, configs) -> dict:
     me = [sys.executable, os.path.abspath(__file__), "--json"]
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "command": " ".join(sys.argv), "host": platform.node(),
+               "command": portable_command(sys.argv), "host": platform.node(),
                "cpus": os.cpu_count(), "load_before": os.getloadavg(), "models": {},
                "configs": {}}  # fmt: skip
     for name in models:
@@ -317,6 +321,28 @@ def run_all(torch_python: str | None, rounds: int, models, configs) -> dict:
         print(f"config {name}: {_summary(results['configs'][name])}", flush=True)
     results["load_after"] = os.getloadavg()
     return results
+
+
+def portable_command(argv: list[str]) -> str:
+    """The command line as results record it, naming no path of this machine: the PyTorch
+    interpreter as PYTHON, a file in the repository by its path there, any other by its name."""
+    words = []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--torch=") or (i and argv[i - 1] == "--torch"):
+            words.append("--torch=PYTHON" if arg.startswith("--torch=") else "PYTHON")
+        elif arg.startswith("-") and "=" in arg:
+            flag, _, value = arg.partition("=")
+            words.append(f"{flag}={_portable_path(value)}")
+        else:
+            words.append(_portable_path(arg))
+    return " ".join(words)
+
+
+def _portable_path(value: str) -> str:
+    if not os.path.isabs(value):
+        return value
+    inside = os.path.relpath(value, REPO)
+    return os.path.basename(value) if inside.startswith(os.pardir) else inside
 
 
 def _summary(result: dict) -> str:
@@ -381,8 +407,8 @@ def markdown(results: dict) -> str:
     if results["configs"]:
         lines += [
             "",
-            "Default configs (`train.train_step`, one run each): training and evaluation"
-            " examples/s, the input pipeline alone, and the process's peak host memory.",
+            "Default configs (`medjax.train.steps.train_step`, one run each): training and"
+            " evaluation examples/s, the input pipeline alone, and the process's peak host memory.",
             "",
             "| config | batch | train ex/s | compile s | eval ex/s | pipeline ex/s |"
             " pipeline / train | peak host MB |",

@@ -18,7 +18,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from medjax import bootstrap, significance  # noqa: E402
+from medjax.stats import bootstrap, significance  # noqa: E402
 
 flags.DEFINE_string("a", None, "Workdir of the first run.")
 flags.DEFINE_string("b", None, "Workdir of the second run.")

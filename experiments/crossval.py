@@ -20,8 +20,9 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from medjax import train, writers
+from medjax import train
 from medjax.errors import ConfigError
+from medjax.outputs import writers
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for the folds' workdirs and the summary.")

@@ -23,11 +23,16 @@ from medjax.errors import ConfigError
 
 class Checkpoints:
     def __init__(self, directory: str, *, max_to_keep: int):
+        if max_to_keep < 1:  # 0 would delete each checkpoint as soon as it is written
+            raise ConfigError(
+                f"trainer.max_checkpoints_to_keep={max_to_keep}: keep at least 1 latest "
+                "checkpoint, or a run cannot resume"
+            )
         directory = os.path.abspath(directory)  # orbax refuses relative paths
 
         def manager(name, keep):
             options = ocp.CheckpointManagerOptions(
-                max_to_keep=keep,
+                preservation_policy=ocp.checkpoint_managers.LatestN(n=keep),
                 create=True,
                 enable_async_checkpointing=False,
                 cleanup_tmp_directories=True,
@@ -37,6 +42,9 @@ class Checkpoints:
 
         self.directory = directory
         self._latest = manager("latest", max_to_keep)
+        # The trainer saves a best checkpoint only when the validation metric improved (a NaN
+        # never does), so the newest one in best/ is the best: keep it alone. Orbax's BestN would
+        # rank the saved metrics itself, and sorting puts a NaN anywhere.
         self._best = manager("best", 1)
 
     def latest_step(self) -> int | None:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from medjax import plots
+from medjax.outputs import plots
 
 ScoreFn = Callable[[jax.Array], jax.Array]
 IMAGE_METHODS = ("saliency", "smoothgrad", "integrated_gradients", "gradcam")

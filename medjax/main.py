@@ -20,6 +20,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from medjax import xla_cpu
 from medjax.errors import ConfigError, NonFiniteError, Preempted
 
 PREEMPTED_EXIT_STATUS = 143  # 128 + SIGTERM, what the signal would have given
@@ -71,6 +72,7 @@ def _config_error_in(error: BaseException | None) -> ConfigError | None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    xla_cpu.leave_convolutions_to_eigen()  # before JAX starts its backend
     import tensorflow as tf  # imported here so that --help stays fast
 
     tf.config.set_visible_devices([], "GPU")  # tf.data only; the accelerators are JAX's
@@ -84,12 +86,16 @@ def main(argv):
         if FLAGS.mode == "predict":
             train.predict(FLAGS.config, FLAGS.workdir)
             return
+        if FLAGS.mode == "evaluate":
+            train.evaluate(
+                FLAGS.config,
+                FLAGS.workdir,
+                split=FLAGS.split,
+                allow_config_change=FLAGS.allow_config_change,
+            )
+            return
         train.train_and_evaluate(
-            FLAGS.config,
-            FLAGS.workdir,
-            train=FLAGS.mode == "train",
-            allow_config_change=FLAGS.allow_config_change,
-            split=FLAGS.split if FLAGS.mode == "evaluate" else "test",
+            FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change
         )
     except (ConfigError, NonFiniteError, Preempted) as e:
         if FLAGS.debug:

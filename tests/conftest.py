@@ -32,6 +32,12 @@ def _share_a_compilation_cache():
 
 _share_a_compilation_cache()
 
+from medjax import xla_cpu  # noqa: E402
+
+# As the entry points do, before JAX computes anything; in $XLA_FLAGS, which the xdist workers
+# and the processes the tests start inherit.
+xla_cpu.leave_convolutions_to_eigen()
+
 
 def _set_up_tensorflow_and_jax():
     import jax

@@ -18,8 +18,10 @@ import numpy as np  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
 from configs import ct_cnn, ehr_rnn  # noqa: E402
-from medjax import optim, parallel, train  # noqa: E402
+from medjax import optim, parallel  # noqa: E402
 from medjax.tasks import build_task  # noqa: E402
+from medjax.train import steps  # noqa: E402
+from medjax.train.state import create_train_state  # noqa: E402
 from tests.conftest import shrink  # noqa: E402
 
 
@@ -33,29 +35,29 @@ def config(module=ct_cnn, **changes):
     return config
 
 
-def run(config, steps, *, devices=None):
-    """Trains `steps` steps from the config's initialisation: jit over a mesh of `devices`
+def run(config, num_steps, *, devices=None):
+    """Trains `num_steps` steps from the config's initialisation: jit over a mesh of `devices`
     (default all), or pmap over all when config.parallel is pmap."""
     task = build_task(config)
     tx, _ = optim.create_optimizer(config.optimizer, config.trainer.num_train_steps)
     mesh = parallel.data_mesh(devices)
-    create = functools.partial(train.create_train_state, task, tx)
+    create = functools.partial(create_train_state, task, tx)
     keys = jax.random.split(jax.random.key(config.seed))
     state = jax.jit(create, out_shardings=parallel.replicated(mesh))(*keys)
     batches = task.train_batches(0)
     accumulation_steps = config.trainer.accumulation_steps
     losses = []
     if config.parallel == "pmap":
-        step = train.pmap_train_step(task, accumulation_steps)
+        step = steps.pmap_train_step(task, accumulation_steps)
         state = parallel.to_pmap(state)
-        for _ in range(steps):
+        for _ in range(num_steps):
             state, scalars = step(state, parallel.split_local(next(batches)))
             losses.append(parallel.first_replica(scalars)["loss"])
         state = parallel.from_pmap(state, mesh)
     else:
-        for _ in range(steps):
+        for _ in range(num_steps):
             batch = parallel.shard_batch(next(batches), mesh)
-            state, scalars = train.train_step(
+            state, scalars = steps.train_step(
                 state, batch, task=task, accumulation_steps=accumulation_steps
             )
             losses.append(scalars["loss"])

@@ -1,10 +1,10 @@
-"""Bootstrap intervals: the weighted metrics against medjax.metrics, and coverage."""
+"""Bootstrap intervals: the weighted metrics against medjax.stats.metrics, and coverage."""
 
 import numpy as np
 import pytest
 from scipy.stats import norm
 
-from medjax import bootstrap, metrics
+from medjax.stats import bootstrap, metrics
 
 
 def _data(n=300, seed=1):

@@ -1,7 +1,9 @@
 """medjax.models.conv: the depth-folded 3D convolution equals XLA's, values and gradients; and the
-XLA:CPU flag that importing medjax sets."""
+XLA:CPU flag that medjax.xla_cpu sets for the entry points (importing medjax sets nothing)."""
 
 import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from medjax import xla_cpu
 from medjax.models import cnn
 from medjax.models.conv import Conv, conv_general_dilated, depth_folded_conv
 
@@ -109,18 +112,29 @@ def test_3d_resnet_block_equals_one_built_on_xla_convolutions(monkeypatch):
     jax.tree.map(_assert_close, grads, expected_grads)
 
 
-def test_import_leaves_convolutions_to_eigen_on_jaxlib_0_10(monkeypatch):
-    import medjax
-
-    monkeypatch.setattr(medjax.importlib.metadata, "version", lambda _: "0.10.2")
+def test_leave_convolutions_to_eigen_sets_the_flag_on_jaxlib_0_10_only(monkeypatch):
+    monkeypatch.setattr(xla_cpu.importlib.metadata, "version", lambda _: "0.10.2")
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
-    medjax._leave_convolutions_to_eigen()
+    xla_cpu.leave_convolutions_to_eigen()
     flags = "--xla_dump_to=/tmp/x --xla_cpu_experimental_ynn_fusion_type=individual_dot,reduce"
     assert os.environ["XLA_FLAGS"] == flags
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")  # the user's
-    medjax._leave_convolutions_to_eigen()
+    xla_cpu.leave_convolutions_to_eigen()
     assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
-    monkeypatch.setattr(medjax.importlib.metadata, "version", lambda _: "0.11.0")
+    monkeypatch.setattr(xla_cpu.importlib.metadata, "version", lambda _: "0.11.0")
     monkeypatch.delenv("XLA_FLAGS")
-    medjax._leave_convolutions_to_eigen()
+    xla_cpu.leave_convolutions_to_eigen()
     assert "XLA_FLAGS" not in os.environ
+
+
+@pytest.mark.slow
+def test_importing_medjax_changes_no_environment():
+    check = (
+        "import os; before = dict(os.environ); import medjax, medjax.main, medjax.train; "
+        "assert dict(os.environ) == before, 'changed'; print(os.environ.get('XLA_FLAGS'))"
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_dump_to=/tmp/x"}
+    result = subprocess.run(
+        [sys.executable, "-c", check], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "--xla_dump_to=/tmp/x"

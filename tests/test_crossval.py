@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from medjax.data import dataset, ehr, image_dataset
+from medjax.data import dataset, icu_series, image_dataset
 from medjax.data.ct_folder import Row, assign_splits
 from medjax.errors import ConfigError
 
@@ -72,13 +72,13 @@ def test_bad_fold_settings_are_refused(tmp_path):
         image_dataset(config.data)
     config.data.update(name="physionet2012", test_set="c")
     with pytest.raises(ConfigError, match="cross-validates within set A, but data.test_set='c'"):
-        ehr.load(config.data)
+        icu_series.load(config.data)
 
 
 def test_ehr_normalisation_is_fitted_on_the_training_fold_only(tiny):
     config = tiny("ehr_rnn").data
     config.update(num_folds=4, fold=1)
-    splits = ehr.load(config).splits
+    splits = icu_series.load(config).splits
     assert sum(len(s["labels"]) for s in splits.values()) == 96 + 40 + 48
     for name, arrays in splits.items():
         observed = arrays["mask"] > 0

@@ -11,7 +11,7 @@ import pytest
 
 from configs import ehr_rnn
 from medjax import train
-from medjax.data import dataset, ehr, physionet2012, synthetic_icu
+from medjax.data import dataset, icu_series, physionet2012, synthetic_icu
 from medjax.errors import ConfigError
 from medjax.tasks import build_task
 
@@ -19,7 +19,7 @@ SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "dat
 
 
 def test_normalisation_is_fitted_on_training_stays_only(tiny):
-    data = ehr.load(tiny("ehr_rnn").data)
+    data = icu_series.load(tiny("ehr_rnn").data)
     train_split, test_split = data.splits["train"], data.splits["test"]
     observed = train_split["mask"] > 0
     seen = observed.sum((0, 1)) > 1  # the synthetic cohort measures 14 of the 37 variables
@@ -36,7 +36,7 @@ def test_normalisation_is_fitted_on_training_stays_only(tiny):
 def test_forward_fill_closed_form():
     values = np.array([[[0.0], [2.0], [0.0], [0.0], [5.0], [0.0]]], np.float32)
     mask = np.array([[[0], [1], [0], [0], [1], [0]]], np.float32)
-    filled = ehr._forward_fill(values, mask)
+    filled = icu_series._forward_fill(values, mask)
     np.testing.assert_array_equal(filled[0, :, 0], [0, 2, 2, 2, 5, 5])
 
 
@@ -109,8 +109,8 @@ def test_ehr_rnn_end_to_end(tiny, tmp_path):
     smaller = config.copy_and_resolve_references()
     smaller.data.num_train = 50
     assert not np.array_equal(
-        ehr.load(smaller.data).splits["test"]["values"],
-        ehr.load(config.data).splits["test"]["values"],
+        icu_series.load(smaller.data).splits["test"]["values"],
+        icu_series.load(config.data).splits["test"]["values"],
     )
     with open(train.predict(smaller, str(tmp_path))) as f:
         rows = list(csv.DictReader(f))
@@ -123,7 +123,7 @@ def test_physionet_set_a_split():
     config = ehr_rnn.get_config()
     config.data.name = "physionet2012"
     config.data.dir = os.path.join(SHARED_DATA, "physionet2012")
-    data = ehr.load(config.data)
+    data = icu_series.load(config.data)
     sizes = {k: len(v["labels"]) for k, v in data.splits.items()}
     assert sum(sizes.values()) == 4000
     assert sizes["test"] == pytest.approx(0.2 * 4000, abs=2)

@@ -6,8 +6,9 @@ from scipy import special
 from sklearn import linear_model
 from sklearn import metrics as sk_metrics
 
-from medjax import calibration, evaluation, metrics, operating_point, subgroups
 from medjax.errors import ConfigError
+from medjax.stats import calibration, metrics, operating_point, subgroups
+from medjax.train import evaluation
 
 
 def _cohort(n, seed, *, overconfidence=1.0):

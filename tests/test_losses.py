@@ -194,7 +194,10 @@ class TestSoftmaxCrossEntropy:
     def test_unit_class_weights_and_zero_smoothing_change_nothing(self):
         _, logits, ids, mask = _data(8, (B, C))
         plain = jit_loss(self.f)(logits, ids, mask)
-        assert jit_loss(self.f, class_weights=np.ones(C))(logits, ids, mask) == plain
+        # Weights of 1 are exact, but XLA may order the weighted sum differently (jax 0.5.1
+        # differs in the last bit): equal up to float32 rounding.
+        weighted = jit_loss(self.f, class_weights=np.ones(C))(logits, ids, mask)
+        np.testing.assert_allclose(weighted, plain, rtol=1e-6, atol=0)
         assert jit_loss(self.f, label_smoothing=0.0)(logits, ids, mask) == plain
 
     def test_label_smoothing_equals_smoothed_targets(self):

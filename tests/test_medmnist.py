@@ -12,9 +12,10 @@ from sklearn import metrics as skm
 
 from configs import default
 from configs import medmnist as medmnist_config
-from medjax import metrics, train
+from medjax import train
 from medjax.data import image_dataset, medmnist
 from medjax.errors import ConfigError
+from medjax.stats import metrics
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "medmnist")
 
@@ -199,6 +200,64 @@ def test_multilabel_metrics_match_sklearn():
     assert out["brier"] == pytest.approx(np.mean((probs - labels) ** 2))
 
 
+def parse_command_line(*overrides, name="pneumoniamnist"):
+    """The config as main.py's --config flag builds it from a command line."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_file = os.path.join(os.path.dirname(__file__), "..", "configs", "medmnist.py")
+    argv = ["main.py", f"--config={config_file}:{name}", *overrides]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", flag_values=flag_values, lock_config=True, sys_argv=argv
+    )
+    flag_values(argv)
+    return flag_values.config
+
+
+class TestConfigFollowsTheBatchSize:
+    """PneumoniaMNIST, 4708 training images: 50 epochs of ceil(4708 / B) steps, evaluated
+    num_train_steps // clip(num_train_steps // 200, 10, 50) steps apart, and checkpointed then."""
+
+    @pytest.mark.parametrize(
+        "batch_size, steps, every", [(64, 3700, 205), (256, 950, 95), (16, 14750, 295)]
+    )
+    def test_fifty_epochs_at_any_batch_size(self, batch_size, steps, every):
+        trainer = parse_command_line(f"--config.trainer.batch_size={batch_size}").trainer
+        assert trainer.batch_size == batch_size
+        assert trainer.num_train_steps == steps
+        assert (trainer.eval_every_steps, trainer.checkpoint_every_steps) == (every, every)
+        epochs = trainer.num_train_steps * batch_size / medmnist.INFO["pneumoniamnist"].num_train
+        assert 50 <= epochs < 50 * (1 + batch_size / 4708)  # the last step of an epoch may wrap
+
+    def test_numbers_given_replace_the_formulas(self):
+        trainer = parse_command_line(
+            "--config.trainer.num_train_steps=500",  # 10 evaluations
+            "--config.trainer.batch_size=256",
+            "--config.trainer.checkpoint_every_steps=20",
+        ).trainer
+        assert (trainer.num_train_steps, trainer.eval_every_steps) == (500, 50)
+        assert trainer.checkpoint_every_steps == 20
+
+    def test_assigned_in_python_and_resolved_for_the_workdir(self):
+        config = medmnist_config.get_config("pneumoniamnist")
+        config.trainer.batch_size = 256
+        resolved = config.copy_and_resolve_references()
+        config.trainer.batch_size = 16
+        assert resolved.trainer.num_train_steps == 950 and config.trainer.num_train_steps == 14750
+        config.trainer.num_train_steps = 6
+        assert (config.trainer.eval_every_steps, config.trainer.checkpoint_every_steps) == (1, 1)
+        config.trainer.eval_every_steps = 3
+        saved = json.loads(config.to_json_best_effort())["trainer"]  # as config.json holds it
+        assert (saved["batch_size"], saved["num_train_steps"]) == (16, 6)
+        assert (saved["eval_every_steps"], saved["checkpoint_every_steps"]) == (3, 3)
+
+    def test_the_test_suites_shrink_sets_plain_numbers(self, tiny):
+        trainer = tiny("medmnist").trainer
+        assert (trainer.batch_size, trainer.num_train_steps) == (16, 6)
+        assert (trainer.eval_every_steps, trainer.checkpoint_every_steps) == (3, 3)
+
+
 def tiny_medmnist(name, directory, steps=4):
     config = medmnist_config.get_config(name)
     config.data.dir = str(directory)
@@ -252,6 +311,40 @@ def test_tfds_builder_matches_the_npz(tmp_path):
     np.testing.assert_array_equal(np.sort(labels), np.sort(arrays["test_labels"].reshape(-1)))
     assert images.shape == (12, 28, 28, 3) and images.dtype == np.uint8
     assert builder.info.features["label"].names[4] == "melanoma"
+
+
+class TestTfdsBuilderDoesNotDownload:
+    @pytest.fixture(autouse=True)
+    def offline(self, monkeypatch):
+        def refuse(url, timeout):
+            raise AssertionError(f"the builder tried to download {url}")
+
+        monkeypatch.setattr(medmnist.urllib.request, "urlopen", refuse)
+
+    def prepare(self, tmp_path, manual_dir):
+        import tensorflow_datasets as tfds
+
+        from medjax.data import medmnist_tfds
+
+        builder = medmnist_tfds.MedMNIST(config="breastmnist", data_dir=str(tmp_path / "cache"))
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
+        )
+
+    def test_a_missing_file_is_named_not_fetched(self, tmp_path):
+        manual = tmp_path / "manual"
+        manual.mkdir()
+        write_npz(manual, "dermamnist")  # another dataset's file, not breastmnist's
+        with pytest.raises(ConfigError, match=r"breastmnist\.npz not found in .*zenodo"):
+            self.prepare(tmp_path, manual)
+        assert os.listdir(manual) == ["dermamnist.npz"]
+
+    def test_an_empty_manual_dir_gets_instructions_that_say_so(self, tmp_path):
+        (tmp_path / "manual").mkdir()
+        with pytest.raises(AssertionError, match="(?s)does not download.*zenodo") as error:
+            self.prepare(tmp_path, tmp_path / "manual")
+        assert "medmnist.read('DIR', '<name>')" in str(error.value)
+        assert os.listdir(tmp_path / "manual") == []
 
 
 def test_multilabel_selection_metrics_are_ones_it_computes(tmp_path):

@@ -1,4 +1,5 @@
-"""Tests for medjax.metrics: scikit-learn as reference, closed forms, validation, gathering."""
+"""Tests for medjax.stats.metrics: scikit-learn as reference, closed forms, validation,
+gathering."""
 
 import ast
 import inspect
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from medjax import metrics
+from medjax.stats import metrics
 
 SEEDS = (0, 1, 2)
 KINDS = ("continuous", "rounded", "integer")  # the last two are tie-heavy
@@ -330,43 +331,43 @@ def test_confusion_matrix_validation():
 # ---------------------------------------------------------------- OutputGatherer
 
 
-def _padded_batches(labels, probs, batch_size, mask_dtype):
+def _padded_batches(labels, probs, batch_size, valid_dtype):
     n = len(labels)
     for start in range(0, n, batch_size):
         y, p = labels[start : start + batch_size], probs[start : start + batch_size]
         pad = batch_size - len(y)
-        mask = np.r_[np.ones(len(y)), np.zeros(pad)].astype(mask_dtype)
+        valid = np.r_[np.ones(len(y)), np.zeros(pad)].astype(valid_dtype)
         yield (
             {"label": np.r_[y, np.zeros(pad, y.dtype)], "probs": np.pad(p, ((0, pad), (0, 0)))},
-            mask,
+            valid,
         )
 
 
-@pytest.mark.parametrize("mask_dtype", (bool, np.float32))
-def test_gatherer_drops_padding(mask_dtype):
+@pytest.mark.parametrize("valid_dtype", (bool, np.float32))
+def test_gatherer_drops_padding(valid_dtype):
     labels, probs = _multiclass_data(2, "continuous", c=3)
     labels, probs = labels[:10], probs[:10]
     gatherer = metrics.OutputGatherer()
-    for outputs, mask in _padded_batches(labels, probs, 4, mask_dtype):
-        gatherer.add(outputs, mask)
+    for outputs, valid in _padded_batches(labels, probs, 4, valid_dtype):
+        gatherer.add(outputs, valid)
     result = gatherer.result()
     np.testing.assert_array_equal(result["label"], labels)
     np.testing.assert_array_equal(result["probs"], probs)
 
 
-def test_gatherer_mask_anywhere_equals_boolean_indexing():
+def test_gatherer_valid_anywhere_equals_boolean_indexing():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3, 8, 2))
-    masks = rng.integers(0, 2, (3, 8))
+    valid = rng.integers(0, 2, (3, 8))
     gatherer = metrics.OutputGatherer()
-    for xb, mb in zip(x, masks, strict=True):
-        gatherer.add({"x": xb}, mb)
-    np.testing.assert_array_equal(gatherer.result()["x"], x[masks.astype(bool)])
+    for xb, vb in zip(x, valid, strict=True):
+        gatherer.add({"x": xb}, vb)
+    np.testing.assert_array_equal(gatherer.result()["x"], x[valid.astype(bool)])
 
 
 def test_gatherer_validation():
     gatherer = metrics.OutputGatherer()
-    with pytest.raises(ValueError, match=r"'probs' has shape \(3, 2\) but mask has 4 rows"):
+    with pytest.raises(ValueError, match=r"'probs' has shape \(3, 2\) but valid has 4 rows"):
         gatherer.add({"label": np.zeros(4), "probs": np.zeros((3, 2))}, np.ones(4, bool))
     gatherer.add({"label": np.zeros(4)}, np.ones(4, bool))
     with pytest.raises(ValueError, match=r"differ from earlier batches"):

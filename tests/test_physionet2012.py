@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from medjax.data import physionet2012 as pn
-from medjax.data import physionet2012_tfds
+from medjax.data import physionet2012_tfds, time_grid
 from medjax.errors import ConfigError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -281,7 +281,7 @@ class TestToGrid:
             ),
             make_record(2, [(5.0, "HR", 60)], descriptors=(np.nan,) * 5),  # all outside
         ]
-        grid = pn.to_grid(records, hours=4, step_hours=1)
+        grid = time_grid.to_grid(records, hours=4, step_hours=1)
         hr, temp = V["HR"], V["Temp"]
         assert grid["values"].shape == grid["mask"].shape == grid["delta"].shape == (2, 4, 37)
         assert {k: a.dtype for k, a in grid.items()} == dict(
@@ -309,7 +309,7 @@ class TestToGrid:
         np.testing.assert_array_equal(grid["record_ids"], [1, 2])
 
     def test_half_hour_steps_and_last_bin(self):
-        grid = pn.to_grid(
+        grid = time_grid.to_grid(
             [make_record(7, [(0.5, "HR", 1), (1.9, "HR", 2)])], hours=2, step_hours=0.5
         )
         np.testing.assert_array_equal(grid["mask"][0, :, V["HR"]], [0, 1, 0, 1])
@@ -322,7 +322,7 @@ class TestToGrid:
         text = "Time,Parameter,Value\n00:00,RecordID,100005\n" + "\n".join(lines) + "\n"
         write_set(tmp_path, files={"100005.txt": text}, outcomes=OUTCOMES + "100005,1,1,1,1,1\n")
         records, labels, _ = pn.read_set(str(tmp_path), "a")
-        grid = pn.to_grid(records, step_hours=1 / 6)
+        grid = time_grid.to_grid(records, step_hours=1 / 6)
         assert grid["mask"].shape == (1, 288, 37)
         np.testing.assert_array_equal(grid["mask"][0, :, V["Urine"]], np.ones(288))
         np.testing.assert_array_equal(grid["values"][0, :, V["Urine"]], np.arange(0, 2880, 10))
@@ -330,7 +330,7 @@ class TestToGrid:
 
     def test_fixture_hour_bins(self, fixture_set):
         records, _, _ = pn.read_set(fixture_set, "a")
-        grid = pn.to_grid(records)
+        grid = time_grid.to_grid(records)
         hr = grid["values"][0, :, V["HR"]]
         assert hr[0] == pytest.approx((73 + 77 + 80) / 3)  # three HR lines in the first hour
         assert hr[47] == 90  # the 48:00 value is outside a 48 h grid
@@ -339,7 +339,7 @@ class TestToGrid:
     @pytest.mark.parametrize("hours,step", [(48, 0), (0, 1), (48, 5), (-2, 1)])
     def test_bad_grid(self, hours, step):
         with pytest.raises(ConfigError, match="whole multiple of step_hours"):
-            pn.to_grid([], hours=hours, step_hours=step)
+            time_grid.to_grid([], hours=hours, step_hours=step)
 
 
 class TestFitNormalizer:
@@ -354,13 +354,13 @@ class TestFitNormalizer:
 
         train = [stay(i, 0) for i in range(6)]
         test = [stay(100 + i, 100) for i in range(4)]  # a leak would move the mean by ~40
-        grid = pn.to_grid(train + test)
-        mean, std = pn.fit_normalizer(grid["values"][:6], grid["mask"][:6])
+        grid = time_grid.to_grid(train + test)
+        mean, std = time_grid.fit_normalizer(grid["values"][:6], grid["mask"][:6])
         for name in names:
             raw = np.concatenate([r.values[r.variables == V[name]] for r in train])
             assert mean[V[name]] == pytest.approx(np.mean(raw), rel=1e-5)
             assert std[V[name]] == pytest.approx(np.std(raw), rel=1e-5)
-        all_mean, _ = pn.fit_normalizer(grid["values"], grid["mask"])
+        all_mean, _ = time_grid.fit_normalizer(grid["values"], grid["mask"])
         assert abs(all_mean[V["HR"]] - mean[V["HR"]]) > 20
         assert mean[V["pH"]] == 0 and std[V["pH"]] == 1  # never observed
         assert mean.shape == std.shape == (37,) and mean.dtype == std.dtype == np.float32
@@ -368,7 +368,7 @@ class TestFitNormalizer:
     def test_ignores_unobserved_entries_and_constant_variables(self):
         values = np.array([[[1.0, 5.0], [3.0, 1e6]], [[1e6, 5.0], [2.0, 5.0]]], np.float32)
         mask = np.array([[[1, 1], [1, 0]], [[0, 1], [1, 1]]], np.float32)
-        mean, std = pn.fit_normalizer(values, mask)
+        mean, std = time_grid.fit_normalizer(values, mask)
         np.testing.assert_allclose(mean, [2.0, 5.0])
         np.testing.assert_allclose(std, [np.std([1.0, 3.0, 2.0]), 1.0])  # constant -> std 1
 
@@ -426,7 +426,7 @@ class TestRealSets:
         assert np.isnan(first.descriptors[[2, 4]]).all()
         assert first.times[0] == pytest.approx(7 / 60) and first.variables[0] == V["GCS"]
 
-        grid = pn.to_grid(records)
+        grid = time_grid.to_grid(records)
         assert grid["values"].shape == (4000, 48, 37)
         assert (grid["lengths"] >= 1).all() and (grid["lengths"] <= 48).all()
         low = np.array([pn.PHYSIOLOGICAL_RANGES[v][0] for v in pn.VARIABLES])
@@ -434,7 +434,7 @@ class TestRealSets:
         observed = grid["mask"] > 0
         assert (grid["values"] >= low - 1e-4)[observed].all()
         assert (grid["values"] <= high + 1e-4)[observed].all()
-        mean, std = pn.fit_normalizer(grid["values"], grid["mask"])
+        mean, std = time_grid.fit_normalizer(grid["values"], grid["mask"])
         assert 60 < mean[V["HR"]] < 110 and 36 < mean[V["Temp"]] < 38.5
         assert 7.3 < mean[V["pH"]] < 7.5 and std[V["MechVent"]] == 1
 

@@ -15,6 +15,8 @@ from medjax import optim, privacy, train
 from medjax.data import pipeline
 from medjax.errors import ConfigError
 from medjax.tasks import build_task
+from medjax.train import checks, steps
+from medjax.train.state import create_train_state
 
 
 def _private(config, **settings):
@@ -25,7 +27,7 @@ def _private(config, **settings):
 
 def _state(task, config):
     tx, _ = optim.create_optimizer(config.optimizer, config.trainer.num_train_steps)
-    return train.create_train_state(task, tx, *jax.random.split(jax.random.key(0)))
+    return create_train_state(task, tx, *jax.random.split(jax.random.key(0)))
 
 
 def _plan(batch_size, *, clip=1.0, noise=0.0, microbatch=0):
@@ -122,7 +124,7 @@ def test_the_private_step_adds_noise_of_the_stated_standard_deviation(tiny):
     batch = next(task.train_batches(0))
     batch["valid"] = np.zeros_like(batch["valid"])  # no example: the gradient is the noise
     plan = _plan(16, clip=0.7, noise=1.3, microbatch=8)
-    private = jax.jit(train._private_loss_and_grads, static_argnums=(2, 3))
+    private = jax.jit(steps.private_loss_and_grads, static_argnums=(2, 3))
     _, grads, _ = private(state, batch, task, plan, jax.random.key(1))
     noise = np.concatenate([g.ravel() for g in _leaves(grads)])
     n = noise.size
@@ -144,9 +146,9 @@ def test_zero_noise_and_no_clip_make_the_private_step_the_ordinary_one(tiny):
                             warmup_steps=0, schedule="constant")  # fmt: skip
     task = build_task(config)
     batch = next(task.train_batches(0))
-    ordinary, scalars = train.train_step(_state(task, config), batch, task=task)
+    ordinary, scalars = steps.train_step(_state(task, config), batch, task=task)
     plan = _plan(16, clip=float("inf"), noise=0.0, microbatch=4)
-    private, private_scalars = train.train_step(
+    private, private_scalars = steps.train_step(
         _state(task, config), batch | {"valid": np.ones(16, bool)}, task=task, plan=plan
     )
     start = _leaves(_state(task, config).params)
@@ -303,14 +305,13 @@ def test_refuses_batch_norm_and_what_privacy_does_not_support(tiny, tmp_path):
 
 
 def test_refuses_to_resume_a_private_run_with_other_privacy_settings():
-    progress = {}
-    train._check_privacy_unchanged(progress, _plan(16, noise=1.0), "runs/x")
-    assert progress["privacy"]["noise_multiplier"] == 1.0
-    train._check_privacy_unchanged(progress, _plan(16, noise=1.0), "runs/x")  # the same: fine
+    saved = checks.check_privacy_unchanged(None, _plan(16, noise=1.0), "runs/x")
+    assert saved["noise_multiplier"] == 1.0
+    assert checks.check_privacy_unchanged(saved, _plan(16, noise=1.0), "runs/x") == saved
     with pytest.raises(ConfigError, match="trained privately with .* accounting wrong"):
-        train._check_privacy_unchanged(progress, _plan(16, noise=0.9), "runs/x")
+        checks.check_privacy_unchanged(saved, _plan(16, noise=0.9), "runs/x")
     with pytest.raises(ConfigError, match="sampling_rate"):
-        train._check_privacy_unchanged(progress, _plan(32, noise=1.0), "runs/x")
+        checks.check_privacy_unchanged(saved, _plan(32, noise=1.0), "runs/x")
 
 
 # End to end.
@@ -355,6 +356,6 @@ def test_the_vae_task_takes_private_steps(tiny):  # the RNN's: the noise test ab
     batch = next(task.train_batches(0))
     plan = privacy.plan(config, task.split_sizes()["train"])
     assert batch["valid"].shape == (plan.max_batch_size,) and 0 < batch["valid"].sum()
-    new, scalars = train.train_step(state, batch, task=task, plan=plan)
+    new, scalars = steps.train_step(state, batch, task=task, plan=plan)
     assert np.isfinite(scalars["loss"]) and not scalars["nonfinite"]
     assert int(new.step) == 1

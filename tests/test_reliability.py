@@ -10,16 +10,20 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from medjax import tasks, train, writers
+from medjax import tasks, train
 from medjax.errors import ConfigError, NonFiniteError
+from medjax.outputs import writers
+from medjax.train import loop
 
 
 def _nan_at_step(monkeypatch, bad_step):
-    """Makes the training loss NaN at the step whose state.step is `bad_step`."""
-    build = tasks.build_task
+    """Makes the training loss NaN at the step whose state.step is `bad_step`; returns the
+    list of tasks built so, for the test to check that the loop used them."""
+    build, built = tasks.build_task, []
 
     def build_with_nan(config):
         task = build(config)
+        built.append(task)
         loss_fn = task.loss_fn
 
         def nan_loss(outputs, batch, step):
@@ -27,7 +31,8 @@ def _nan_at_step(monkeypatch, bad_step):
 
         return dataclasses.replace(task, loss_fn=nan_loss)
 
-    monkeypatch.setattr(train, "build_task", build_with_nan)
+    monkeypatch.setattr(loop, "build_task", build_with_nan)
+    return built
 
 
 def _restore_params(workdir, step):
@@ -39,21 +44,23 @@ def _restore_params(workdir, step):
 def test_nonfinite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(
     tiny_config, tmp_path, monkeypatch
 ):
-    _nan_at_step(monkeypatch, 4)  # the fifth step, logged as step 5
+    built = _nan_at_step(monkeypatch, 4)  # the fifth step, logged as step 5
     with pytest.raises(
         NonFiniteError, match="not finite at step 5; .* latest checkpoint \\(step 3\\)"
     ):
         train.train_and_evaluate(tiny_config, str(tmp_path))
+    assert len(built) == 1
     assert sorted(os.listdir(tmp_path / "checkpoints" / "latest")) == ["3"]
 
 
 @pytest.mark.slow
 def test_nonfinite_loss_skips_the_update_when_asked(tiny_config, tmp_path, monkeypatch):
-    _nan_at_step(monkeypatch, 4)
+    built = _nan_at_step(monkeypatch, 4)
     tiny_config.trainer.on_nonfinite = "skip"
     tiny_config.trainer.checkpoint_every_steps = 1
     tiny_config.trainer.max_checkpoints_to_keep = 10
     train.train_and_evaluate(tiny_config, str(tmp_path))
+    assert len(built) == 1
     params = {step: _restore_params(tmp_path, step) for step in (4, 5, 6)}
     for key in params[4]:
         np.testing.assert_array_equal(params[5][key], params[4][key])  # step 5 skipped

@@ -6,7 +6,7 @@ import runpy
 import numpy as np
 import pytest
 
-from medjax import bootstrap, metrics, significance
+from medjax.stats import bootstrap, metrics, significance
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

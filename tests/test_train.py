@@ -12,6 +12,8 @@ import pytest
 from medjax import checkpoint, explain, optim, parallel, train
 from medjax.errors import ConfigError
 from medjax.tasks import build_task
+from medjax.train import steps
+from medjax.train.state import abstract_train_state, create_train_state
 
 EXPLANATIONS = [f"{method}_test" for method in explain.IMAGE_METHODS]
 
@@ -25,7 +27,7 @@ def _latest_params(workdir, config):
     task = build_task(config)
     tx, _ = optim.create_optimizer(config.optimizer, config.trainer.num_train_steps)
     mesh = parallel.data_mesh()
-    abstract = train.abstract_train_state(task, tx, mesh, config.trainer.ema_decay)
+    abstract = abstract_train_state(task, tx, mesh, config.trainer.ema_decay)
     ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), max_to_keep=2)
     state, progress = ckpts.restore_latest(abstract)
     ckpts.close()
@@ -81,7 +83,7 @@ def test_ct_cnn_end_to_end_writes_the_workdir_contract(tiny_config, tmp_path):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         history = f.read()
     best_step = int(test["step"])
-    val_metrics = train.train_and_evaluate(tiny_config, workdir, train=False, split="val")
+    val_metrics = train.evaluate(tiny_config, workdir, split="val")
     best_val = next(line for line in val if line["step"] == best_step)
     assert val_metrics["auroc"] == pytest.approx(best_val["auroc"], abs=1e-12)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -148,7 +150,7 @@ def test_resume_after_a_crash_is_exact(tiny_config, tmp_path, monkeypatch):
     expected = train.train_and_evaluate(tiny_config, straight)
 
     crashed = str(tmp_path / "crashed")
-    real_step, calls = train.train_step, []
+    real_step, calls = steps.train_step, []
 
     def crash_at_step_5(*args, **kwargs):
         calls.append(1)
@@ -156,10 +158,11 @@ def test_resume_after_a_crash_is_exact(tiny_config, tmp_path, monkeypatch):
             raise RuntimeError("simulated crash")
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(train, "train_step", crash_at_step_5)
+    monkeypatch.setattr(steps, "train_step", crash_at_step_5)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train.train_and_evaluate(tiny_config, crashed)
-    monkeypatch.setattr(train, "train_step", real_step)
+    assert len(calls) == 5
+    monkeypatch.setattr(steps, "train_step", real_step)
     assert _latest_params(crashed, tiny_config)[0].step == 3  # the checkpoint before the crash
     resumed = train.train_and_evaluate(tiny_config, crashed)
 
@@ -168,20 +171,24 @@ def test_resume_after_a_crash_is_exact(tiny_config, tmp_path, monkeypatch):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     # Lines after the checkpoint written before the crash were replaced, not duplicated.
-    steps = [(line["split"], line["step"]) for line in _lines(crashed)]
-    assert steps == [(line["split"], line["step"]) for line in _lines(straight)]
+    order = [(line["split"], line["step"]) for line in _lines(crashed)]
+    assert order == [(line["split"], line["step"]) for line in _lines(straight)]
 
 
 @pytest.mark.slow
 def test_rerun_of_a_finished_run_only_evaluates(tiny_config, tmp_path, monkeypatch):
+    real_step, calls = steps.train_step, []
+
+    def counted_step(*args, **kwargs):
+        calls.append(1)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(steps, "train_step", counted_step)
     first = train.train_and_evaluate(tiny_config, str(tmp_path))
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("a finished run must not train again")
-
-    monkeypatch.setattr(train, "train_step", no_training)
+    assert len(calls) == tiny_config.trainer.num_train_steps  # the watch sees the steps
     assert train.train_and_evaluate(tiny_config, str(tmp_path)) == first
-    assert train.train_and_evaluate(tiny_config, str(tmp_path), train=False) == first
+    assert train.evaluate(tiny_config, str(tmp_path)) == first
+    assert len(calls) == tiny_config.trainer.num_train_steps  # no step since
     assert [line["split"] for line in _lines(tmp_path)].count("test") == 1
 
 
@@ -209,11 +216,11 @@ def test_overfits_a_tiny_batch(tiny_config):
     tiny_config.optimizer.update(learning_rate=3e-3, warmup_steps=1, weight_decay=0.0)
     task = build_task(tiny_config)
     tx, _ = optim.create_optimizer(tiny_config.optimizer, 100)
-    state = train.create_train_state(task, tx, *jax.random.split(jax.random.key(0)))
+    state = create_train_state(task, tx, *jax.random.split(jax.random.key(0)))
     batch = next(task.train_batches(0))
     losses = []
     for _ in range(60):
-        state, scalars = train.train_step(state, batch, task=task)
+        state, scalars = steps.train_step(state, batch, task=task)
         losses.append(float(scalars["loss"]))
     assert losses[-1] < 0.05 < losses[0]
 
@@ -222,7 +229,7 @@ def test_ema_follows_its_closed_form(tiny_config):
     task = build_task(tiny_config)
     tx, _ = optim.create_optimizer(tiny_config.optimizer, 100)
     keys = jax.random.split(jax.random.key(0))
-    state = train.create_train_state(task, tx, *keys, ema_decay=0.5)
+    state = create_train_state(task, tx, *keys, ema_decay=0.5)
     batches = task.train_batches(0)
 
     def flat(tree):
@@ -230,7 +237,7 @@ def test_ema_follows_its_closed_form(tiny_config):
 
     expected = flat(state.params)
     for step in range(3):
-        state, _ = train.train_step(state, next(batches), task=task)
+        state, _ = steps.train_step(state, next(batches), task=task)
         decay = min(0.5, (1 + step) / (10 + step))
         expected = decay * expected + (1 - decay) * flat(state.params)
     np.testing.assert_allclose(flat(state.ema_params), expected, rtol=1e-5, atol=1e-7)

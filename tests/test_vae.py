@@ -1,4 +1,4 @@
-"""Tests for the VAE: medjax.models.vae and the VAE terms of medjax.losses.
+"""Tests for the VAE: medjax.models.conv_vae and the VAE terms of medjax.losses.
 
 Losses are checked through jax.jit against scipy.stats and float64 numpy, at extremes, and with
 check_grads; the KL also against a Monte Carlo estimate. The model: shapes and dtypes for 2D and
@@ -18,7 +18,7 @@ import scipy.stats
 from jax.test_util import check_grads
 
 from medjax import losses
-from medjax.models.vae import LIKELIHOODS, MODELS, ConvVAE, create_model, depth_to_space
+from medjax.models.conv_vae import LIKELIHOODS, MODELS, ConvVAE, create_model, depth_to_space
 from medjax.tasks.vae import log_likelihood
 
 

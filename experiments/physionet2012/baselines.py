@@ -6,8 +6,8 @@
 For each split seed (config.data.seed of configs/ehr_physionet.py) it loads the same train/val/
 test split with the same training-only normalisation, summarises each stay per variable (mean,
 min, max, first and last value, log count of observations) plus the static descriptors, and fits
-logistic regression and gradient-boosted trees (scikit-learn, from the test extras) on training
-stays only. It prints val and test AUROC per seed and their means.
+logistic regression and gradient-boosted trees (scikit-learn: `pip install -e '.[experiments]'`)
+on training stays only. It prints val and test AUROC per seed and their means.
 """
 
 import numpy as np
@@ -16,8 +16,8 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 
 from configs import ehr_physionet
-from medjax import metrics
-from medjax.data import ehr
+from medjax.data import icu_series
+from medjax.stats import metrics
 
 flags.DEFINE_string("data_dir", None, "Folder with set-a.tar.gz (or set-a/) and Outcomes-a.txt.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Split seeds (config.data.seed).")
@@ -53,7 +53,7 @@ def main(argv):
     for seed in map(int, FLAGS.seeds):
         config = ehr_physionet.get_config()
         config.data.dir, config.data.seed = FLAGS.data_dir, seed
-        splits = ehr.load(config.data).splits
+        splits = icu_series.load(config.data).splits
         features = {name: summary_features(split) for name, split in splits.items()}
         for name, make in MODELS.items():
             model = make().fit(features["train"], splits["train"]["labels"])

@@ -3,8 +3,8 @@
   python experiments/privacy/memory.py --microbatch_size=32
 
 Builds the model MedMNIST's ResNet-18 (28) uses (width 1, 3x3 stride-1 stem, no max-pool; group
-norm) on 28x28x1 inputs, runs one DP-SGD step (medjax.train.train_step with a privacy plan) on a
-batch of 256 examples, and prints the peak resident memory of this process
+norm) on 28x28x1 inputs, runs one DP-SGD step (medjax.train.steps.train_step with a privacy
+plan) on a batch of 256 examples, and prints the peak resident memory of this process
 (resource.getrusage's ru_maxrss: compilation included) and the step's time. Run it in a fresh
 process: the peak covers everything the process did.
 """
@@ -18,9 +18,11 @@ import numpy as np
 from absl import app, flags
 
 from configs import default
-from medjax import losses, optim, privacy, train
+from medjax import losses, optim, privacy
 from medjax.models import cnn
 from medjax.tasks.task import Task
+from medjax.train import steps
+from medjax.train.state import create_train_state
 
 flags.DEFINE_integer("batch_size", 256, "Examples in the step (all valid).")
 flags.DEFINE_integer("microbatch_size", 32, "privacy.microbatch_size; 0: all at once.")
@@ -50,7 +52,7 @@ def main(argv):
     )  # fmt: skip
     config = default.get_config()
     tx, _ = optim.create_optimizer(config.optimizer, 100)
-    state = train.create_train_state(task, tx, *jax.random.split(jax.random.key(0)))
+    state = create_train_state(task, tx, *jax.random.split(jax.random.key(0)))
     plan = privacy.Plan(
         l2_norm_clip=1.0,
         noise_multiplier=1.0,
@@ -66,7 +68,7 @@ def main(argv):
     times = []
     for _ in range(2):  # the first includes compilation
         start = time.time()
-        state, scalars = train.train_step(state, batch, task=task, plan=plan)
+        state, scalars = steps.train_step(state, batch, task=task, plan=plan)
         jax.block_until_ready(scalars)
         times.append(time.time() - start)
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux

@@ -1,7 +1,9 @@
-"""MedMNIST as a TFDS dataset: a builder over `medmnist.read` (manual dir, or download).
+"""MedMNIST as a TFDS dataset: a builder over `medmnist.read` of the file in the manual dir.
 
 For users of TFDS pipelines; the trainer reads the `.npz` with `medmnist.read` directly (the
-arrays are small, and a second copy of them as TFRecords buys nothing).
+arrays are small, and a second copy of them as TFRecords buys nothing). The builder does not
+download: TFDS's download manager checks a download against a registered SHA-256, and the
+official record publishes MD5s (`medmnist.INFO`), which `medmnist.read` checks when it downloads.
 """
 
 import pathlib
@@ -25,8 +27,11 @@ class MedMNIST(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     code_path = pathlib.Path(__file__)  # see physionet2012_tfds.Physionet2012.code_path
     BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name) for name in _names()]
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
-    Put the official MedMNIST file (`<name>.npz`, from {medmnist.URL.format(file="<name>.npz")})
-    in the manual dir. Without it the builder downloads the file there and checks its MD5.
+    This builder does not download. Put the official MedMNIST file `<name>.npz` (e.g.
+    `breastmnist.npz`, `pneumoniamnist_64.npz`), from {medmnist.URL.format(file="<name>.npz")},
+    in the manual dir. To fetch it with its MD5 checked, run
+    `python -c "from medjax.data import medmnist; medmnist.read('DIR', '<name>')"`, which
+    downloads it into DIR, and use DIR as the manual dir.
     """
 
     def _info(self):
@@ -50,7 +55,8 @@ class MedMNIST(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         )
 
     def _split_generators(self, dl_manager):
-        splits = medmnist.read(str(dl_manager.manual_dir), self.builder_config.name)
+        name = self.builder_config.name
+        splits = medmnist.read(str(dl_manager.manual_dir), name, download=False)
         return {split: self._generate_examples(arrays) for split, arrays in splits.items()}
 
     def _generate_examples(self, arrays):

@@ -23,19 +23,17 @@ fake 20 kg / 20 C values into the series, so they are dropped like -1.
 import collections
 import dataclasses
 import math
-import os
 import re
-import tarfile
 
 import numpy as np
 from absl import logging
 
+from medjax.data import physionet2012_files as files
+from medjax.data.physionet2012_files import URL
 from medjax.errors import ConfigError
 
-URL = "https://physionet.org/content/challenge-2012/1.0.0/"
 SET_NAMES = ("a", "b", "c")
 HEADER = "Time,Parameter,Value"
-LABEL_COLUMN = "In-hospital_death"
 
 VARIABLES = (
     "Albumin", "ALP", "ALT", "AST", "Bilirubin", "BUN", "Cholesterol", "Creatinine", "DiasABP",
@@ -98,8 +96,6 @@ _DESCRIPTOR_INDEX = {name: i for i, name in enumerate(DESCRIPTORS)}
 _LOW = np.array([PHYSIOLOGICAL_RANGES[v][0] for v in VARIABLES], np.float32)
 _HIGH = np.array([PHYSIOLOGICAL_RANGES[v][1] for v in VARIABLES], np.float32)
 _CLOCK = re.compile(r"(\d{1,3}):([0-5]\d)")
-_RECORD_FILE = re.compile(r"(\d+)\.txt")
-_TIME_TOLERANCE = 1e-5  # hours (0.04 s): undoes float32 rounding of HH:MM times when binning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,11 +126,11 @@ def read_set(directory: str, set_name: str) -> tuple[list[Record], np.ndarray, d
     """
     if set_name not in SET_NAMES:
         raise ConfigError(f"unknown PhysioNet 2012 set {set_name!r}; valid: {', '.join(SET_NAMES)}")
-    outcomes = read_outcomes(directory, set_name)
+    outcomes = files.read_outcomes(directory, set_name)
     counts = collections.Counter()
     unknown_names, clipped, placeholders = (collections.Counter() for _ in range(3))
     parsed, seen = {}, set()
-    for display, record_id, text in _record_texts(directory, set_name):
+    for display, record_id, text in files.record_texts(directory, set_name):
         if record_id in seen:
             raise ConfigError(
                 f"record {record_id} appears twice in set-{set_name} ({display}); keep one copy"
@@ -153,13 +149,22 @@ def read_set(directory: str, set_name: str) -> tuple[list[Record], np.ndarray, d
             f"<RecordID>.txt (e.g. set-{set_name}/132539.txt); extract or download "
             f"set-{set_name}.tar.gz again from {URL}"
         )
-    no_outcome = sorted(set(parsed) - set(outcomes))
-    no_record = sorted(set(outcomes) - set(parsed))
     ids = sorted(set(parsed) & set(outcomes))
     records = [parsed[i] for i in ids]
     labels = np.array([outcomes[i] for i in ids], np.int32)
-    stats = {
-        "record_files": len(seen),
+    stats = _stats(parsed, outcomes, records, labels, len(seen), counts, placeholders, clipped,
+                   unknown_names)  # fmt: skip
+    _log_stats(set_name, stats)
+    return records, labels, stats
+
+
+def _stats(parsed, outcomes, records, labels, num_files, counts, placeholders, clipped,
+           unknown_names) -> dict:  # fmt: skip
+    """read_set's `stats` (see there)."""
+    no_outcome = sorted(set(parsed) - set(outcomes))
+    no_record = sorted(set(outcomes) - set(parsed))
+    return {
+        "record_files": num_files,
         "empty_records": counts["empty_records"],
         "records": len(records),
         "deaths": int(labels.sum()),
@@ -180,8 +185,6 @@ def read_set(directory: str, set_name: str) -> tuple[list[Record], np.ndarray, d
         "clipped_per_variable": dict(sorted(clipped.items())),
         "unknown_parameters": dict(sorted(unknown_names.items())),
     }
-    _log_stats(set_name, stats)
-    return records, labels, stats
 
 
 def _log_stats(set_name: str, stats: dict) -> None:
@@ -224,89 +227,6 @@ def _log_stats(set_name: str, stats: dict) -> None:
                 logging.warning("set %s: %d %s", set_name, detail, what)
 
 
-def read_outcomes(directory: str, set_name: str) -> dict[int, int]:
-    if not os.path.isdir(directory):
-        raise ConfigError(
-            f"PhysioNet 2012 data folder (data.dir) {directory!r} does not exist; expected a "
-            f"folder with set-{set_name}.tar.gz (or set-{set_name}/) and Outcomes-{set_name}.txt "
-            f"as downloaded from {URL}; set --config.data.dir to it"
-        )
-    path = os.path.join(directory, f"Outcomes-{set_name}.txt")
-    if not os.path.isfile(path):
-        raise ConfigError(
-            f"outcome file Outcomes-{set_name}.txt is missing: expected it at {path!r}, next to "
-            f"set-{set_name}; download it from {URL} into {directory!r}"
-        )
-    with open(path, "rb") as f:
-        lines = _decode(f.read(), path).splitlines()
-    header = [c.strip() for c in lines[0].split(",")] if lines else []
-    if "RecordID" not in header or LABEL_COLUMN not in header:
-        raise ConfigError(
-            f"{path} line 1: {lines[0] if lines else ''!r} lacks the RecordID or {LABEL_COLUMN} "
-            f"column; expected RecordID,SAPS-I,SOFA,Length_of_stay,Survival,{LABEL_COLUMN}; use "
-            f"the outcome file from {URL}"
-        )
-    id_col, label_col = header.index("RecordID"), header.index(LABEL_COLUMN)
-    outcomes = {}
-    for number, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        fields = [c.strip() for c in line.split(",")]
-        valid = len(fields) == len(header) and fields[id_col].isdigit()
-        if not valid or fields[label_col] not in ("0", "1"):
-            raise ConfigError(
-                f"{path} line {number}: {line!r} is not {','.join(header)} with an integer "
-                f"RecordID and {LABEL_COLUMN} 0 or 1; fix or re-download the file from {URL}"
-            )
-        record_id = int(fields[id_col])
-        if record_id in outcomes:
-            raise ConfigError(f"{path} line {number}: RecordID {record_id} appears twice")
-        outcomes[record_id] = int(fields[label_col])
-    return outcomes
-
-
-def _record_texts(directory: str, set_name: str):
-    """Yields (display name, record id, text) for each `<RecordID>.txt` of the set."""
-    folder = os.path.join(directory, f"set-{set_name}")
-    tarball = folder + ".tar.gz"
-    if os.path.isdir(folder):
-        if os.path.isfile(tarball):
-            logging.info("reading the folder %s (the tarball next to it is ignored)", folder)
-        for name in sorted(os.listdir(folder)):
-            match = _RECORD_FILE.fullmatch(name)
-            if match and os.path.isfile(os.path.join(folder, name)):
-                with open(os.path.join(folder, name), "rb") as f:
-                    display = f"set-{set_name}/{name}"
-                    yield display, int(match.group(1)), _decode(f.read(), display)
-    elif os.path.isfile(tarball):
-        try:
-            with tarfile.open(tarball, "r:*") as tar:
-                for member in tar:
-                    match = _RECORD_FILE.fullmatch(os.path.basename(member.name))
-                    if match and member.isfile():
-                        data = tar.extractfile(member).read()
-                        yield member.name, int(match.group(1)), _decode(data, member.name)
-        except (tarfile.TarError, EOFError, OSError) as e:
-            raise ConfigError(
-                f"{tarball} is not a readable .tar.gz ({e}); download it again from {URL}"
-            ) from e
-    else:
-        present = sorted(os.listdir(directory))
-        raise ConfigError(
-            f"found neither set-{set_name}.tar.gz nor a set-{set_name}/ folder in {directory!r}, "
-            f"which holds: {', '.join(present[:20]) or 'nothing'}"
-            f"{', ...' if len(present) > 20 else ''}; put set-{set_name}.tar.gz (or its "
-            f"extracted set-{set_name}/ folder) from {URL} there"
-        )
-
-
-def _decode(data: bytes, display: str) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{display} is not a text file ({e}); re-download it from {URL}") from e
-
-
 def _parse_record(
     text, display, record_id, counts, unknown_names, clipped, placeholders
 ) -> Record | None:
@@ -325,26 +245,10 @@ def _parse_record(
     times, variables, values = [], [], []
     hours = {}  # "HH:MM" -> hours, parsed once per distinct clock string
     for number, line in enumerate(lines[1:], start=2):
-        fields = line.strip().split(",")
-        if fields == [""]:
+        parsed = _parse_line(line, f"{display} line {number}", hours, counts)
+        if parsed is None:
             continue
-        if len(fields) == 3 and not fields[1].strip():
-            counts["empty_parameter_lines"] += 1
-            continue
-        try:
-            clock, name, raw = fields
-            name, value = name.strip(), float(raw)
-            if not math.isfinite(value):
-                raise ValueError
-            if clock not in hours:
-                h, m = _CLOCK.fullmatch(clock.strip()).groups()
-                hours[clock] = int(h) + int(m) / 60
-        except (ValueError, AttributeError):
-            raise ConfigError(
-                f'{display} line {number}: "{line}" is not HH:MM,Parameter,Value (a number); '
-                f"fix the line or re-download the set from {URL}"
-            ) from None
-        time = hours[clock]
+        time, name, value = parsed
         descriptor = _DESCRIPTOR_INDEX.get(name)
         if name == "Weight" and (time > 0 or described[descriptor]):
             descriptor = None  # the time-varying Weight
@@ -353,17 +257,7 @@ def _parse_record(
                 counts["repeated_descriptors"] += 1
                 continue
             described[descriptor] = True
-            if value == -1 or (name in _CATEGORIES and value not in _CATEGORIES[name]):
-                pass  # unknown: stays NaN
-            elif name in PHYSIOLOGICAL_RANGES and value <= 0:
-                placeholders[name] += 1
-            elif name in PHYSIOLOGICAL_RANGES:
-                low, high = PHYSIOLOGICAL_RANGES[name]
-                if not low <= value <= high:
-                    clipped[name] += 1
-                descriptors[descriptor] = min(max(value, low), high)
-            else:
-                descriptors[descriptor] = value
+            descriptors[descriptor] = _descriptor_value(name, value, clipped, placeholders)
         elif name in _VARIABLE_INDEX:
             if value == -1:
                 counts["unknown_values_dropped"] += 1
@@ -374,11 +268,61 @@ def _parse_record(
         elif name == "RecordID":
             if value != record_id:
                 raise ConfigError(
-                    f"{display} line {number}: RecordID {raw} differs from the file name; "
+                    f"{display} line {number}: RecordID {value:.10g} differs from the file name; "
                     f"name record files <RecordID>.txt as distributed"
                 )
         else:
             unknown_names[name] += 1
+    series = _cleaned_series(times, variables, values, clipped, placeholders)
+    if not len(series[0]) and np.isnan(descriptors).all():
+        return None
+    return Record(record_id, *series, descriptors)
+
+
+def _parse_line(line: str, where: str, hours: dict, counts) -> tuple[float, str, float] | None:
+    """(hours, parameter, value) of a `HH:MM,Parameter,Value` line; None for a blank line or
+    an empty parameter (counted)."""
+    fields = line.strip().split(",")
+    if fields == [""]:
+        return None
+    if len(fields) == 3 and not fields[1].strip():
+        counts["empty_parameter_lines"] += 1
+        return None
+    try:
+        clock, name, raw = fields
+        value = float(raw)
+        if not math.isfinite(value):
+            raise ValueError
+        if clock not in hours:
+            h, m = _CLOCK.fullmatch(clock.strip()).groups()
+            hours[clock] = int(h) + int(m) / 60
+    except (ValueError, AttributeError):
+        raise ConfigError(
+            f'{where}: "{line}" is not HH:MM,Parameter,Value (a number); '
+            f"fix the line or re-download the set from {URL}"
+        ) from None
+    return hours[clock], name.strip(), value
+
+
+def _descriptor_value(name: str, value: float, clipped, placeholders) -> float:
+    """A general descriptor's value: NaN where unknown (-1, an unknown category, or a
+    placeholder, counted), clipped to PHYSIOLOGICAL_RANGES (counted)."""
+    if value == -1 or (name in _CATEGORIES and value not in _CATEGORIES[name]):
+        return math.nan
+    if name in PHYSIOLOGICAL_RANGES and value <= 0:
+        placeholders[name] += 1
+        return math.nan
+    if name in PHYSIOLOGICAL_RANGES:
+        low, high = PHYSIOLOGICAL_RANGES[name]
+        if not low <= value <= high:
+            clipped[name] += 1
+        return min(max(value, low), high)
+    return value
+
+
+def _cleaned_series(times, variables, values, clipped, placeholders):
+    """(times, variables, values) sorted by time, placeholders dropped and values clipped to
+    PHYSIOLOGICAL_RANGES (both counted per variable)."""
     order = np.argsort(np.asarray(times, np.float32), kind="stable")
     times = np.asarray(times, np.float32)[order]
     variables = np.asarray(variables, np.int32)[order]
@@ -390,77 +334,4 @@ def _parse_record(
     outside = (values < _LOW[variables]) | (values > _HIGH[variables])
     for v, n in zip(*np.unique(variables[outside], return_counts=True)):
         clipped[VARIABLES[v]] += int(n)
-    values = np.clip(values, _LOW[variables], _HIGH[variables])
-    if not len(times) and np.isnan(descriptors).all():
-        return None
-    return Record(record_id, times, variables, values, descriptors)
-
-
-def to_grid(records, *, hours: float = 48.0, step_hours: float = 1.0) -> dict[str, np.ndarray]:
-    """Bins records onto T = hours / step_hours regular steps for RNNs (GRU, LSTM, GRU-D).
-
-    Bin t covers [t * step, (t + 1) * step) hours; observations at `hours` or later are dropped
-    (set A has some at exactly 48:00, which a 48 h grid leaves out). Returns:
-      values float32 [N, T, V]: the mean of the observations in the bin (the mean uses every
-        measurement of an hour rather than the last one's noise); 0 where nothing was observed.
-      mask float32 [N, T, V]: 1 where the variable was observed in the bin.
-      delta float32 [N, T, V]: hours since the variable was last observed, as in GRU-D (Che et
-        al. 2018): delta_0 = 0; delta_t = step + delta_{t-1} if mask_{t-1} = 0, else step.
-      lengths int32 [N]: steps up to and including the last bin with any observation, >= 1.
-      descriptors float32 [N, 5] (NaN unknown), record_ids int64 [N].
-    """
-    num_steps = round(hours / step_hours) if hours > 0 and step_hours > 0 else 0
-    if num_steps < 1 or abs(num_steps * step_hours - hours) > 1e-6 * hours:
-        raise ConfigError(
-            f"to_grid(hours={hours}, step_hours={step_hours}): hours must be a positive whole "
-            f"multiple of step_hours (e.g. hours=48, step_hours=1)"
-        )
-    n, t, v = len(records), num_steps, len(VARIABLES)
-    sizes = np.array([len(r.times) for r in records], np.int64)
-    owner = np.repeat(np.arange(n), sizes)
-    times = np.concatenate([r.times for r in records] + [np.zeros(0, np.float32)])
-    variables = np.concatenate([r.variables for r in records] + [np.zeros(0, np.int32)])
-    values = np.concatenate([r.values for r in records] + [np.zeros(0, np.float32)])
-    bins = np.floor((times.astype(np.float64) + _TIME_TOLERANCE) / step_hours).astype(np.int64)
-    keep = (bins >= 0) & (bins < t)
-    flat = ((owner * t + bins) * v + variables)[keep]
-    counts = np.bincount(flat, minlength=n * t * v).reshape(n, t, v)
-    sums = np.bincount(flat, weights=values[keep], minlength=n * t * v).reshape(n, t, v)
-    mask = counts > 0
-    means = np.divide(sums, counts, out=np.zeros_like(sums), where=mask)
-    delta = np.zeros((n, t, v), np.float32)
-    for step in range(1, t):
-        delta[:, step] = step_hours + np.where(mask[:, step - 1], 0.0, delta[:, step - 1])
-    observed = mask.any(axis=2)
-    last = t - np.argmax(observed[:, ::-1], axis=1)
-    descriptors = (
-        np.stack([r.descriptors for r in records]) if n else np.zeros((0, len(DESCRIPTORS)))
-    )
-    return {
-        "values": means.astype(np.float32),
-        "mask": mask.astype(np.float32),
-        "delta": delta,
-        "lengths": np.where(observed.any(axis=1), last, 1).astype(np.int32),
-        "descriptors": descriptors.astype(np.float32),
-        "record_ids": np.array([r.record_id for r in records], np.int64),
-    }
-
-
-def fit_normalizer(values, mask) -> tuple[np.ndarray, np.ndarray]:
-    """Per-variable mean and std [V] over the observed entries (mask == 1) of `values` [..., V].
-
-    Fit it on the training split only. The std is the population std (ddof 0). A variable never
-    observed gets mean 0, std 1; one whose std is below 1e-6 (constant, e.g. MechVent, always 1)
-    gets std 1, so it is only centred: a 1e-6 floor would blow any later deviation up a millionfold.
-    """
-    values = np.asarray(values, np.float64).reshape(-1, np.shape(values)[-1])
-    mask = np.asarray(mask, np.float64).reshape(values.shape)
-    if not np.isin(mask, (0, 1)).all():
-        raise ValueError("fit_normalizer: mask must hold only 0 and 1")
-    counts = mask.sum(axis=0)
-    observed = np.where(mask > 0, values, 0.0)
-    mean = observed.sum(axis=0) / np.maximum(counts, 1)
-    var = (mask * (observed - mean) ** 2).sum(axis=0) / np.maximum(counts, 1)
-    std = np.sqrt(var)
-    std = np.where((counts > 0) & (std >= 1e-6), std, 1.0)
-    return mean.astype(np.float32), std.astype(np.float32)
+    return times, variables, np.clip(values, _LOW[variables], _HIGH[variables])

@@ -10,14 +10,8 @@ import pathlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-from medjax.data.physionet2012 import (
-    DESCRIPTORS,
-    SET_NAMES,
-    URL,
-    Record,
-    read_outcomes,
-    read_set,
-)
+from medjax.data.physionet2012 import DESCRIPTORS, SET_NAMES, Record, read_set
+from medjax.data.physionet2012_files import URL, read_outcomes
 from medjax.errors import ConfigError
 
 

@@ -4,7 +4,7 @@ Training order is a pure function of (seed, epoch), or, with Poisson sampling (p
 training), of (seed, step): a run resumed at step S sees exactly the batches an uninterrupted
 run sees from step S, without replaying the data before it. Each process reads its own slice
 of every global batch. Evaluation visits every example once, in
-order, with the last batch padded and marked by `mask`.
+order, with the last batch padded and marked by `valid` (0 on padding).
 """
 
 from collections.abc import Callable, Iterator

@@ -1,16 +1,19 @@
 """Risk prediction from ICU time series (in-hospital death) with GRU, LSTM or GRU-D."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from medjax import explain, losses, metrics, privacy, subgroups
-from medjax.data import ehr, physionet2012, pipeline
+from medjax import explain, losses, privacy
+from medjax.data import icu_series, physionet2012, pipeline
 from medjax.errors import ConfigError
 from medjax.models import rnn
-from medjax.tasks import classification
+from medjax.stats import metrics, subgroups
+from medjax.tasks import scoring
 from medjax.tasks.task import Task, compute_dtype, fingerprint
 
 INPUTS = ("values", "mask", "delta", "lengths", "static")
@@ -18,127 +21,27 @@ CLASS_NAMES = ("survived", "in-hospital death")
 
 
 def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict) -> Task:
-    dataset = ehr.load(config.data, fit_data)
-    model_config = config.model
-    try:
-        model = rnn.create_model(
-            model_config.name,
-            hidden_size=model_config.hidden_size,
-            num_layers=model_config.num_layers,
-            bidirectional=model_config.bidirectional,
-            pooling=model_config.pooling,
-            dropout_rate=model_config.dropout_rate,
-            dtype=compute_dtype(config),
-        )
-    except ValueError as e:
-        raise ConfigError(f"model: {e}") from None
-    process_index, process_count = jax.process_index(), jax.process_count()
-    loss_config = config.loss
-
-    def tensors(split):
-        arrays = dataset.splits[split]
-        return {"label": tf.constant(arrays["labels"])} | {
-            k: tf.constant(arrays[k]) for k in INPUTS
-        }
-
-    def train_batches(start_step):
-        data = tensors("train")
-
-        def load(index, seed):
-            del seed  # no augmentation
-            return {k: tf.gather(v, index) for k, v in data.items()}
-
-        return pipeline.train_batches(
-            dataset.splits["train"]["labels"],
-            load,
-            global_batch_size=config.trainer.batch_size,
-            seed=config.seed,
-            start_step=start_step,
-            balanced=config.data.balanced_sampling,
-            process_index=process_index,
-            process_count=process_count,
-            poisson_max_size=privacy.poisson_max_size(
-                config, len(dataset.splits["train"]["labels"])
-            ),
-        )
-
-    def eval_batches(split):
-        data = tensors(split)
-        return pipeline.eval_batches(
-            len(dataset.splits[split]["labels"]),
-            lambda i: {k: tf.gather(v, i) for k, v in data.items()},
-            global_batch_size=config.trainer.eval_batch_size,
-            process_index=process_index,
-            process_count=process_count,
-        )
-
-    def loss_fn(outputs, batch, step):
-        del step
-        labels = batch["label"].astype(jnp.float32)
-        weight = (loss_config.positive_weight,)
-        loss = losses.sigmoid_cross_entropy(
-            outputs["logits"][:, 0],
-            labels,
-            class_weights=weight,
-            focal_gamma=loss_config.focal_gamma,
-        )
-        if loss_config.per_step_weight:
-            step_logits = outputs["step_logits"][..., 0]  # [B, T]
-            steps = jnp.arange(step_logits.shape[1])[None]
-            valid = (steps < batch["lengths"][:, None]).reshape(-1)
-            per_step = losses.sigmoid_cross_entropy(
-                step_logits.reshape(-1),
-                jnp.broadcast_to(labels[:, None], step_logits.shape).reshape(-1),
-                mask=valid,
-                class_weights=weight,
-            )
-            loss += loss_config.per_step_weight * per_step
-        return loss
-
-    def eval_outputs_fn(outputs, batch):
-        logit = outputs["logits"][:, 0]
-        p = jax.nn.sigmoid(logit)
-        probs = jnp.stack([1 - p, p], 1)
-        return {"logit": logit, "probs": probs, "label": batch["label"], "index": batch["index"]}
-
-    def compute_metrics(gathered):
-        result = classification.compute_metrics(gathered)
-        scores = gathered["probs"][:, 1]
-        result["min_se_ppv"] = metrics.min_sensitivity_ppv(gathered["label"], scores)
-        return result
-
-    def write_outputs(workdir, split, gathered, variables):
-        del variables
-        ids = dataset.splits[split]["ids"]
-        classification.write_outputs_of(workdir, split, gathered, ids, CLASS_NAMES, dataset.name)
-        return {}
-
-    def explain_fn(plots_dir, split, variables, batch, settings, key):
-        del key  # integrated gradients are deterministic
-        return explain.write_series_explanations(
-            plots_dir,
-            model,
-            variables,
-            {k: batch[k] for k in INPUTS},
-            dataset.splits[split]["ids"][batch["index"]],
-            physionet2012.VARIABLES,
-            ig_steps=settings.ig_steps,
-            suffix=split,
-        )
-
+    dataset = icu_series.load(config.data, fit_data)
+    model = _model(config)
     example = {k: v[:1] for k, v in dataset.splits["train"].items() if k in INPUTS}
+    model_config = config.model
     return Task(
         model=model,
-        model_inputs=lambda batch: {k: batch[k] for k in INPUTS},
+        model_inputs=model_inputs,
         example_batch={**example, "label": np.zeros(1, np.int32)},
-        loss_fn=loss_fn,
-        eval_outputs_fn=eval_outputs_fn,
+        loss_fn=functools.partial(
+            loss,
+            positive_weight=config.loss.positive_weight,
+            focal_gamma=config.loss.focal_gamma,
+            per_step_weight=config.loss.per_step_weight,
+        ),
+        eval_outputs_fn=eval_outputs,
         compute_metrics=compute_metrics,
-        metric_intervals=classification.binary_intervals,
-        train_batches=train_batches,
-        eval_batches=eval_batches,
-        write_outputs=write_outputs,
-        prediction_table=lambda split, gathered: classification.prediction_table(
+        metric_intervals=scoring.binary_intervals,
+        train_batches=functools.partial(train_batches, config, dataset),
+        eval_batches=functools.partial(eval_batches, config, dataset),
+        write_outputs=functools.partial(write_outputs, dataset=dataset),
+        prediction_table=lambda split, gathered: scoring.prediction_table(
             gathered, dataset.splits[split]["ids"]
         ),
         description=f"{dataset.description}; model {model_config.name} "
@@ -153,9 +56,133 @@ def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict
                 for k, v in arrays.items()
             }
         ),
-        binary_scores=lambda gathered: (gathered["label"], gathered["logit"].astype(np.float64)),
-        explain=explain_fn,
+        binary_scores=binary_scores,
+        explain=functools.partial(explain_examples, model, dataset),
         subgroups=lambda split: subgroups.icu_groups(
             *(dataset.splits[split][k] for k in ("age", "gender", "icu_type"))
         ),
+    )
+
+
+def _model(config: ml_collections.ConfigDict):
+    model_config = config.model
+    try:
+        return rnn.create_model(
+            model_config.name,
+            hidden_size=model_config.hidden_size,
+            num_layers=model_config.num_layers,
+            bidirectional=model_config.bidirectional,
+            pooling=model_config.pooling,
+            dropout_rate=model_config.dropout_rate,
+            dtype=compute_dtype(config),
+        )
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
+
+
+def model_inputs(batch):
+    return {k: batch[k] for k in INPUTS}
+
+
+def _tensors(dataset, split: str) -> dict[str, tf.Tensor]:
+    arrays = dataset.splits[split]
+    return {"label": tf.constant(arrays["labels"])} | {k: tf.constant(arrays[k]) for k in INPUTS}
+
+
+def train_batches(config, dataset, start_step: int):
+    """This process's training batches from step `start_step` on (see pipeline)."""
+    data = _tensors(dataset, "train")
+    labels = dataset.splits["train"]["labels"]
+
+    def load(index, seed):
+        del seed  # no augmentation
+        return {k: tf.gather(v, index) for k, v in data.items()}
+
+    return pipeline.train_batches(
+        labels,
+        load,
+        global_batch_size=config.trainer.batch_size,
+        seed=config.seed,
+        start_step=start_step,
+        balanced=config.data.balanced_sampling,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        poisson_max_size=privacy.poisson_max_size(config, len(labels)),
+    )
+
+
+def eval_batches(config, dataset, split: str):
+    """This process's batches of `split`, every stay once, padded (`valid`)."""
+    data = _tensors(dataset, split)
+    return pipeline.eval_batches(
+        len(dataset.splits[split]["labels"]),
+        lambda i: {k: tf.gather(v, i) for k, v in data.items()},
+        global_batch_size=config.trainer.eval_batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+
+
+def loss(outputs, batch, step, *, positive_weight, focal_gamma, per_step_weight):
+    """Weighted (focal) binary cross-entropy of the stay's logit, plus `per_step_weight` times
+    that of every valid step's logit (padded steps count zero)."""
+    del step
+    labels = batch["label"].astype(jnp.float32)
+    weight = (positive_weight,)
+    total = losses.sigmoid_cross_entropy(
+        outputs["logits"][:, 0], labels, class_weights=weight, focal_gamma=focal_gamma
+    )
+    if per_step_weight:
+        step_logits = outputs["step_logits"][..., 0]  # [B, T]
+        steps = jnp.arange(step_logits.shape[1])[None]
+        valid = (steps < batch["lengths"][:, None]).reshape(-1)
+        per_step = losses.sigmoid_cross_entropy(
+            step_logits.reshape(-1),
+            jnp.broadcast_to(labels[:, None], step_logits.shape).reshape(-1),
+            mask=valid,
+            class_weights=weight,
+        )
+        total += per_step_weight * per_step
+    return total
+
+
+def eval_outputs(outputs, batch):
+    """Per-stay logit, two-class probabilities, label and row index."""
+    logit = outputs["logits"][:, 0]
+    p = jax.nn.sigmoid(logit)
+    probs = jnp.stack([1 - p, p], 1)
+    return {"logit": logit, "probs": probs, "label": batch["label"], "index": batch["index"]}
+
+
+def compute_metrics(gathered):
+    """The classification metrics, and the challenge's min(sensitivity, PPV)."""
+    result = scoring.class_metrics(gathered)
+    scores = gathered["probs"][:, 1]
+    result["min_se_ppv"] = metrics.min_sensitivity_ppv(gathered["label"], scores)
+    return result
+
+
+def binary_scores(gathered):
+    return gathered["label"], gathered["logit"].astype(np.float64)
+
+
+def write_outputs(workdir, split, gathered, variables, *, dataset):
+    del variables
+    ids = dataset.splits[split]["ids"]
+    scoring.write_class_outputs(workdir, split, gathered, ids, CLASS_NAMES, dataset.name)
+    return {}
+
+
+def explain_examples(model, dataset, plots_dir, split, variables, batch, settings, key):
+    """Integrated gradients over (time, variable) of the stays of `batch`."""
+    del key  # integrated gradients are deterministic
+    return explain.write_series_explanations(
+        plots_dir,
+        model,
+        variables,
+        model_inputs(batch),
+        dataset.splits[split]["ids"][batch["index"]],
+        physionet2012.VARIABLES,
+        ig_steps=settings.ig_steps,
+        suffix=split,
     )

@@ -36,7 +36,7 @@ class Task:
       eval_outputs_fn: (model outputs, batch) -> per-example arrays kept for metrics.
       compute_metrics: gathered per-example arrays of a split -> {metric name: float}.
       metric_intervals: gathered arrays -> {metric name: (low, high)}, 95% bootstrap intervals
-        of the headline metrics (medjax.bootstrap), or {} where none are computed.
+        of the headline metrics (medjax.stats.bootstrap), or {} where none are computed.
       train_batches: start step -> endless iterator of this process's training batches.
       eval_batches: split name -> iterator over the split once, padded, with `valid`.
       write_outputs: (workdir, split, gathered arrays, model variables) -> writes predictions
@@ -53,9 +53,11 @@ class Task:
       scores_are_log_odds: the scores are the model's log-odds of class 1 (recalibrated by
         temperature scaling); otherwise another score (recalibrated by Platt scaling).
       subgroups: split -> {grouping: group name of each of the split's rows}, for metrics
-        within subgroups of patients (medjax.subgroups); None where the data has no metadata.
+        within subgroups of patients (medjax.stats.subgroups); None where the data has no metadata.
       explain: (plots dir, split, model variables, a batch of examples, the `explain` config,
         a PRNG key) -> paths of the attribution plots written (medjax.explain); None: none.
+      rng_streams: the names of the random streams the model draws from (flax `rngs`); the
+        trainer hands each its own key.
     """
 
     model: nn.Module
@@ -77,6 +79,7 @@ class Task:
     scores_are_log_odds: bool = True
     subgroups: Callable[[str], dict[str, np.ndarray]] | None = None
     explain: Callable[..., list[str]] | None = None
+    rng_streams: tuple[str, ...] = ("dropout",)
 
 
 def fingerprint(arrays: dict[str, np.ndarray]) -> str:

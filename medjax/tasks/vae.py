@@ -4,6 +4,7 @@ By default the VAE trains on normal (label 0) examples only; every example of th
 split is scored, and the scores are compared with the labels (label 1 = anomaly).
 """
 
+import functools
 import os
 
 import jax
@@ -11,11 +12,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from medjax import bootstrap, losses, metrics, plots, writers
+from medjax import losses
 from medjax.data import image_dataset
 from medjax.errors import ConfigError
-from medjax.models import vae
-from medjax.tasks import classification
+from medjax.models import conv_vae
+from medjax.outputs import plots, writers
+from medjax.stats import bootstrap, metrics
+from medjax.tasks import image_pipelines
 from medjax.tasks.task import Task, compute_dtype
 
 
@@ -27,8 +30,45 @@ def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict
             f"the vae task scores anomalies against binary labels (0 normal, 1 anomaly); "
             f"{dataset.name} has {dataset.num_classes} classes"
         )
+    model = _model(config)
+    normal_only = config.data.normal_only
+    train_batches, eval_batches = image_pipelines.image_pipelines(
+        config, dataset, normal_only=normal_only
+    )
+    beta, warmup = config.loss.beta, config.loss.kl_warmup_steps
+    example_image = np.zeros((1, *dataset.image_shape, dataset.channels), np.float32)
+    return Task(
+        model=model,
+        model_inputs=lambda batch: to_unit(batch["image"]),
+        example_batch={"image": example_image, "label": np.zeros(1, np.int32)},
+        loss_fn=functools.partial(loss, beta=beta, kl_warmup_steps=warmup),
+        eval_outputs_fn=eval_outputs,
+        compute_metrics=functools.partial(
+            compute_metrics, num_dims=int(np.prod(dataset.image_shape)) * dataset.channels
+        ),
+        metric_intervals=metric_intervals,
+        train_batches=train_batches,
+        eval_batches=eval_batches,
+        write_outputs=functools.partial(
+            write_outputs, model=model, dataset=dataset, eval_batches=eval_batches
+        ),
+        prediction_table=functools.partial(prediction_table, dataset=dataset),
+        description=f"{dataset.description}; model {config.model.name} (latent "
+        f"{config.model.latent_size}, widths {tuple(config.model.vae_widths)}, "
+        f"{config.model.likelihood} likelihood), trained on "
+        f"{'normal examples only' if normal_only else 'all examples'}",
+        selection_metrics=("nelbo", "iw_nll", "recon_error", "anomaly_auroc", "loss"),
+        split_sizes=lambda: image_pipelines.image_split_sizes(dataset, normal_only=normal_only),
+        data_fingerprint=lambda: image_pipelines.image_fingerprint(dataset),
+        binary_scores=lambda gathered: (gathered["label"], gathered["nelbo"].astype(np.float64)),
+        scores_are_log_odds=False,
+        rng_streams=("latent",),
+    )
+
+
+def _model(config: ml_collections.ConfigDict):
     try:
-        model = vae.create_model(
+        return conv_vae.create_model(
             config.model.name,
             latent_size=config.model.latent_size,
             widths=tuple(config.model.vae_widths),
@@ -38,106 +78,90 @@ def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict
         )
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
-    train_batches, eval_batches = classification.image_pipelines(
-        config, dataset, normal_only=config.data.normal_only
-    )
-    beta, warmup = config.loss.beta, config.loss.kl_warmup_steps
-    num_dims = int(np.prod(dataset.image_shape)) * dataset.channels
 
-    def loss_fn(outputs, batch, step):
-        x = to_unit(batch["image"])
-        log_px_z = log_likelihood(outputs["likelihood"], x)[0]  # one training sample
-        kl = losses.gaussian_kl(**outputs["posterior"])
-        weight = beta * jnp.minimum(1.0, step / warmup) if warmup else beta
-        return jnp.mean(kl * weight - log_px_z)
 
-    def eval_outputs_fn(outputs, batch):
-        x = to_unit(batch["image"])
-        log_px_z = log_likelihood(outputs["likelihood"], x)  # [K, B]
-        posterior = outputs["posterior"]
-        kl = losses.gaussian_kl(**posterior)
-        log_pz = losses.gaussian_log_density(outputs["z"], 0.0, 0.0)
-        log_qz = losses.gaussian_log_density(outputs["z"], posterior["mean"], posterior["log_var"])
-        recon = outputs["reconstruction"]  # the decoder's mean at the posterior mean
-        return {
-            "nelbo": kl - log_px_z[0],
-            "kl": kl,
-            "iw_nll": -losses.importance_weighted_bound(log_px_z, log_pz, log_qz),
-            "recon_error": jnp.mean((recon - x) ** 2, axis=tuple(range(1, x.ndim))),
-            "posterior_mean": posterior["mean"],
-            "label": batch["label"],
-            "index": batch["index"],
-        }
+def loss(outputs, batch, step, *, beta, kl_warmup_steps):
+    """The negative ELBO of one posterior sample, its KL term weighted by `beta` (ramped up
+    linearly over `kl_warmup_steps`), mean over the batch."""
+    x = to_unit(batch["image"])
+    log_px_z = log_likelihood(outputs["likelihood"], x)[0]  # one training sample
+    kl = losses.gaussian_kl(**outputs["posterior"])
+    weight = beta * jnp.minimum(1.0, step / kl_warmup_steps) if kl_warmup_steps else beta
+    return jnp.mean(kl * weight - log_px_z)
 
-    def compute_metrics(gathered):
-        labels = gathered["label"]
-        nelbo = float(np.mean(gathered["nelbo"]))
-        result = {
-            "nelbo": nelbo,
-            "bits_per_dim": nelbo / (num_dims * np.log(2)),
-            "kl": float(np.mean(gathered["kl"])),
-            "iw_nll": float(np.mean(gathered["iw_nll"])),
-            "recon_error": float(np.mean(gathered["recon_error"])),
-            # Active units (Burda et al. 2016): latents whose posterior mean varies with x.
-            "active_units": int(np.sum(np.var(gathered["posterior_mean"], axis=0) > 0.01)),
-            "anomaly_auroc": metrics.roc_auc(labels, gathered["nelbo"]),
-            "anomaly_auprc": metrics.average_precision(labels, gathered["nelbo"]),
-            "anomaly_auroc_recon": metrics.roc_auc(labels, gathered["recon_error"]),
-            "anomaly_auprc_recon": metrics.average_precision(labels, gathered["recon_error"]),
-        }
-        result["loss"] = nelbo
-        return result
 
-    def prediction_table(split, gathered):
-        """id, label, and the anomaly scores nelbo and recon_error."""
-        ids = dataset.load_split(split)["ids"][gathered["index"]]
-        rows = zip(ids, gathered["label"], gathered["nelbo"], gathered["recon_error"])
-        rows = [[i, int(y), f"{n:.6g}", f"{r:.6g}"] for i, y, n, r in rows]
-        return ["id", "label", "nelbo", "recon_error"], rows
+def eval_outputs(outputs, batch):
+    """Per-example negative ELBO, KL, importance-weighted NLL, reconstruction error and
+    posterior mean, with the label and row index."""
+    x = to_unit(batch["image"])
+    log_px_z = log_likelihood(outputs["likelihood"], x)  # [K, B]
+    posterior = outputs["posterior"]
+    kl = losses.gaussian_kl(**posterior)
+    log_pz = losses.gaussian_log_density(outputs["z"], 0.0, 0.0)
+    log_qz = losses.gaussian_log_density(outputs["z"], posterior["mean"], posterior["log_var"])
+    recon = outputs["reconstruction"]  # the decoder's mean at the posterior mean
+    return {
+        "nelbo": kl - log_px_z[0],
+        "kl": kl,
+        "iw_nll": -losses.importance_weighted_bound(log_px_z, log_pz, log_qz),
+        "recon_error": jnp.mean((recon - x) ** 2, axis=tuple(range(1, x.ndim))),
+        "posterior_mean": posterior["mean"],
+        "label": batch["label"],
+        "index": batch["index"],
+    }
 
-    def write_outputs(workdir, split, gathered, variables):
-        path = os.path.join(workdir, "predictions", f"{split}.csv")
-        writers.write_table(path, *prediction_table(split, gathered))
-        ids = dataset.load_split(split)["ids"][gathered["index"]]
-        os.makedirs(os.path.join(workdir, "embeddings"), exist_ok=True)
-        for name in ("train", "val", split):  # posterior means for downstream use
-            if name == split:
-                means, labels, index = gathered["posterior_mean"], gathered["label"], ids
-            else:
-                means, labels, index = _posterior_means(model, variables, eval_batches(name))
-                index = dataset.load_split(name)["ids"][index]
-            path = os.path.join(workdir, "embeddings", f"{name}.npz")
-            np.savez(path, ids=index, labels=labels, posterior_mean=means)
-        return _plot_images(workdir, split, model, variables, next(eval_batches(split)))
 
-    example_image = np.zeros((1, *dataset.image_shape, dataset.channels), np.float32)
-    return Task(
-        model=model,
-        model_inputs=lambda batch: to_unit(batch["image"]),
-        example_batch={"image": example_image, "label": np.zeros(1, np.int32)},
-        loss_fn=loss_fn,
-        eval_outputs_fn=eval_outputs_fn,
-        compute_metrics=compute_metrics,
-        metric_intervals=lambda gathered: {
-            f"anomaly_{name}": interval
-            for name, interval in bootstrap.intervals(gathered["label"], gathered["nelbo"]).items()
-        },
-        train_batches=train_batches,
-        eval_batches=eval_batches,
-        write_outputs=write_outputs,
-        prediction_table=prediction_table,
-        description=f"{dataset.description}; model {config.model.name} (latent "
-        f"{config.model.latent_size}, widths {tuple(config.model.vae_widths)}, "
-        f"{config.model.likelihood} likelihood), trained on "
-        f"{'normal examples only' if config.data.normal_only else 'all examples'}",
-        selection_metrics=("nelbo", "iw_nll", "recon_error", "anomaly_auroc", "loss"),
-        split_sizes=lambda: classification.image_split_sizes(
-            dataset, normal_only=config.data.normal_only
-        ),
-        data_fingerprint=lambda: classification.image_fingerprint(dataset),
-        binary_scores=lambda gathered: (gathered["label"], gathered["nelbo"].astype(np.float64)),
-        scores_are_log_odds=False,
-    )
+def compute_metrics(gathered, *, num_dims: int):
+    """Likelihood metrics (nats; bits per dimension of `num_dims`) and anomaly scores' AUROC."""
+    labels = gathered["label"]
+    nelbo = float(np.mean(gathered["nelbo"]))
+    result = {
+        "nelbo": nelbo,
+        "bits_per_dim": nelbo / (num_dims * np.log(2)),
+        "kl": float(np.mean(gathered["kl"])),
+        "iw_nll": float(np.mean(gathered["iw_nll"])),
+        "recon_error": float(np.mean(gathered["recon_error"])),
+        # Active units (Burda et al. 2016): latents whose posterior mean varies with x.
+        "active_units": int(np.sum(np.var(gathered["posterior_mean"], axis=0) > 0.01)),
+        "anomaly_auroc": metrics.roc_auc(labels, gathered["nelbo"]),
+        "anomaly_auprc": metrics.average_precision(labels, gathered["nelbo"]),
+        "anomaly_auroc_recon": metrics.roc_auc(labels, gathered["recon_error"]),
+        "anomaly_auprc_recon": metrics.average_precision(labels, gathered["recon_error"]),
+    }
+    result["loss"] = nelbo
+    return result
+
+
+def metric_intervals(gathered):
+    """95% stratified bootstrap intervals of the negative ELBO's anomaly metrics."""
+    found = bootstrap.intervals(gathered["label"], gathered["nelbo"])
+    return {f"anomaly_{name}": interval for name, interval in found.items()}
+
+
+def prediction_table(split, gathered, *, dataset):
+    """id, label, and the anomaly scores nelbo and recon_error."""
+    ids = dataset.load_split(split)["ids"][gathered["index"]]
+    rows = zip(ids, gathered["label"], gathered["nelbo"], gathered["recon_error"])
+    rows = [[i, int(y), f"{n:.6g}", f"{r:.6g}"] for i, y, n, r in rows]
+    return ["id", "label", "nelbo", "recon_error"], rows
+
+
+def write_outputs(workdir, split, gathered, variables, *, model, dataset, eval_batches):
+    """predictions/<split>.csv, embeddings/<split>.npz (posterior means of train, val and
+    `split`) and the image grids."""
+    path = os.path.join(workdir, "predictions", f"{split}.csv")
+    writers.write_table(path, *prediction_table(split, gathered, dataset=dataset))
+    ids = dataset.load_split(split)["ids"][gathered["index"]]
+    os.makedirs(os.path.join(workdir, "embeddings"), exist_ok=True)
+    for name in ("train", "val", split):  # posterior means for downstream use
+        if name == split:
+            means, labels, index = gathered["posterior_mean"], gathered["label"], ids
+        else:
+            means, labels, index = _posterior_means(model, variables, eval_batches(name))
+            index = dataset.load_split(name)["ids"][index]
+        path = os.path.join(workdir, "embeddings", f"{name}.npz")
+        np.savez(path, ids=index, labels=labels, posterior_mean=means)
+    return _plot_images(workdir, split, model, variables, next(eval_batches(split)))
 
 
 def log_likelihood(likelihood, x):

@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 from scipy import optimize, special
 
-from medjax import metrics
+from medjax.stats import metrics
 
 
 @dataclasses.dataclass(frozen=True)

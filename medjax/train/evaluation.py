@@ -1,11 +1,10 @@
-"""Evaluation of a trained state: the jitted eval step, a split's metrics, and the final
-evaluation of the best checkpoint, with the operating point and calibration of binary tasks.
+"""Evaluation of a trained state: a split's metrics, and the final evaluation of the best
+checkpoint, with the operating point and calibration of binary tasks.
 
 The operating point (a threshold) and the recalibration map are fitted on the validation split
 and then applied, unchanged, to the evaluated split (test, unless --mode=evaluate names another).
 """
 
-import functools
 import json
 import os
 
@@ -15,45 +14,20 @@ import numpy as np
 from absl import logging
 from scipy import special
 
-from medjax import (
-    bootstrap,
-    calibration,
-    metrics,
-    operating_point,
-    parallel,
-    plots,
-    report,
-    subgroups,
-)
+from medjax import parallel
+from medjax.outputs import plots, report, writers
+from medjax.stats import bootstrap, calibration, metrics, operating_point, subgroups
 from medjax.tasks import Task
+from medjax.train.state import model_variables
+from medjax.train.steps import eval_step
 
 
-def model_variables(params, batch_stats) -> dict:
-    """Model variables: the params, and batch statistics where the model keeps them."""
-    return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
-
-
-@functools.partial(jax.jit, static_argnames="task")
-def eval_step(state, batch, *, task: Task):
-    # Models that sample in evaluation (a VAE's latents) get randomness fixed by the seed and
-    # the batch's first example, so an evaluation is repeatable. Training steps fold in step
-    # numbers; evaluation folds in the largest uint32, a stream no step reaches.
-    eval_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 2**32 - 1)
-    outputs = task.model.apply(
-        model_variables(state.eval_params, state.batch_stats),
-        task.model_inputs(batch),
-        train=False,
-        rngs={"latent": jax.random.fold_in(eval_key, batch["index"][0])},
-    )
-    return {**task.eval_outputs_fn(outputs, batch), "valid": batch["valid"]}
-
-
-def evaluate(state, task: Task, split: str, mesh) -> tuple[dict, dict]:
+def evaluate_split(state, task: Task, split: str, mesh) -> tuple[dict, dict]:
     """Metrics of `split` and its per-example outputs, each example counted exactly once."""
     gatherer = metrics.OutputGatherer()
     for batch in task.eval_batches(split):
         outputs = parallel.gather(eval_step(state, parallel.shard_batch(batch, mesh), task=task))
-        gatherer.add(outputs, outputs.pop("valid"))
+        gatherer.add(outputs, valid=outputs.pop("valid"))
     gathered = gatherer.result()
     return task.compute_metrics(gathered), gathered
 
@@ -107,12 +81,11 @@ def final_evaluation(config, task: Task, best_state, last_step: int, workdir: st
     """Evaluates the best state once on `split`: its metrics and intervals, and for binary tasks
     the operating point and calibration fitted on val; writes predictions, plots and the report
     (and, for the test split, the `test` line of metrics.jsonl). Returns the split's metrics."""
-    val_metrics, val_gathered = evaluate(best_state, task, "val", mesh)
-    split_metrics, gathered = evaluate(best_state, task, split, mesh)
+    val_metrics, val_gathered = evaluate_split(best_state, task, "val", mesh)
+    split_metrics, gathered = evaluate_split(best_state, task, split, mesh)
     intervals = task.metric_intervals(gathered)
     best_step = int(best_state.step)
     binary, binary_intervals = {}, {}
-    plots_dir = os.path.join(workdir, "plots")
     val_scores = task.binary_scores and task.binary_scores(val_gathered)
     if val_scores and np.unique(val_scores[0]).size < 2:
         logging.warning("No operating point or calibration: the val split has one class only.")
@@ -122,7 +95,7 @@ def final_evaluation(config, task: Task, best_state, last_step: int, workdir: st
             val_scores,
             task.binary_scores(gathered),
             log_odds=task.scores_are_log_odds,
-            plot_path=os.path.join(plots_dir, "calibration.png"),
+            plot_path=os.path.join(workdir, "plots", "calibration.png"),
         )
     subgroup_rows = []
     if binary and task.subgroups is not None:
@@ -130,7 +103,11 @@ def final_evaluation(config, task: Task, best_state, last_step: int, workdir: st
         subgroup_rows = subgroups.subgroup_rows(
             *task.binary_scores(gathered), groups, binary["operating_threshold"]
         )
-        subgroups.write_csv(os.path.join(workdir, "subgroups.csv"), subgroup_rows)
+        writers.write_table(
+            os.path.join(workdir, "subgroups.csv"),
+            subgroups.COLUMNS,
+            [[row.get(column, "") for column in subgroups.COLUMNS] for row in subgroup_rows],
+        )
     if split == "test":
         scalars = split_metrics | binary
         for name, (low, high) in (intervals | binary_intervals).items():
@@ -138,23 +115,7 @@ def final_evaluation(config, task: Task, best_state, last_step: int, workdir: st
         writer.write_scalars(best_step, {f"test/{k}": v for k, v in scalars.items()})
         writer.flush()
     if jax.process_index() == 0:
-        images = task.write_outputs(
-            workdir,
-            split,
-            gathered,
-            model_variables(best_state.eval_params, best_state.batch_stats),
-        )
-        if images:
-            writer.write_images(best_step, images)
-        explain_examples(config, task, best_state, workdir, split)
-        history = _read_metrics(os.path.join(workdir, "metrics.jsonl"))
-        if any(line["split"] == "train" for line in history):
-            plots.training_curves(
-                os.path.join(plots_dir, "curves.png"),
-                history,
-                config.trainer.selection_metric,
-                best_step,
-            )
+        _write_outputs(config, task, best_state, workdir, writer, split, gathered)
         report.write(
             workdir,
             config=config,
@@ -174,6 +135,20 @@ def final_evaluation(config, task: Task, best_state, last_step: int, workdir: st
     logging.info("%s metrics at step %d: %s", split.capitalize(), best_step,
                  json.dumps(split_metrics))  # fmt: skip
     return split_metrics
+
+
+def _write_outputs(config, task: Task, best_state, workdir, writer, split, gathered) -> None:
+    """The task's predictions and plots, the explanations and the training curves."""
+    best_step = int(best_state.step)
+    variables = model_variables(best_state.eval_params, best_state.batch_stats)
+    images = task.write_outputs(workdir, split, gathered, variables)
+    if images:
+        writer.write_images(best_step, images)
+    explain_examples(config, task, best_state, workdir, split)
+    history = _read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    if any(line["split"] == "train" for line in history):
+        path = os.path.join(workdir, "plots", "curves.png")
+        plots.training_curves(path, history, config.trainer.selection_metric, best_step)
 
 
 def explain_examples(config, task: Task, state, workdir: str, split: str) -> list[str]:

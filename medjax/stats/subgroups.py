@@ -1,12 +1,11 @@
 """Metrics of a binary model within subgroups of patients (age band, sex, ICU type), each with
 a stratified bootstrap interval of its AUROC and the operating point's metrics."""
 
-import csv
 import math
 
 import numpy as np
 
-from medjax import bootstrap, metrics, operating_point
+from medjax.stats import bootstrap, metrics, operating_point
 
 AGE_BANDS = ((0, 45, "<45"), (45, 65, "45-64"), (65, 80, "65-79"), (80, math.inf, ">=80"))
 SEXES = {0: "female", 1: "male"}
@@ -54,10 +53,3 @@ def subgroup_rows(labels, scores, groups: dict[str, np.ndarray], threshold: floa
                 **operating_point.at_threshold(y, s, threshold),
             })  # fmt: skip
     return rows
-
-
-def write_csv(path: str, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)

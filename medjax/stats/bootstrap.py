@@ -4,7 +4,7 @@ A resample draws, within each class, as many examples as the class has, with rep
 every resample keeps the class counts and every metric stays defined. It is held as a row of
 counts (how often each example was drawn), so R resamples are one weighted computation on an
 [R, N] array: no Python loop over resamples or examples. The metrics are those of
-`medjax.metrics` (ties count 1/2 in AUROC; AUPRC is average precision over distinct scores;
+`medjax.stats.metrics` (ties count 1/2 in AUROC; AUPRC is average precision over distinct scores;
 predicted positive iff score >= threshold), which the counts of a single unweighted resample
 reproduce exactly. Intervals are percentile intervals; a resample where a ratio is undefined
 (PPV with no predicted positive) is left out of that metric's interval.
@@ -12,7 +12,7 @@ reproduce exactly. Intervals are percentile intervals; a resample where a ratio 
 
 import numpy as np
 
-from medjax import metrics
+from medjax.stats import metrics
 
 THRESHOLD_METRICS = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
 CALIBRATION_METRICS = ("ece", "brier")
@@ -125,7 +125,7 @@ def paired_intervals(
 def class_intervals(
     labels, probs, *, num_resamples=NUM_RESAMPLES, seed=0, level=0.95, chunk=100
 ) -> dict[str, tuple[float, float]]:
-    """Intervals of `auroc` and `accuracy` as `medjax.metrics` defines them for more than two
+    """Intervals of `auroc` and `accuracy` as `medjax.stats.metrics` defines them for more than two
     classes: single-label integer `labels` [N] (macro one-vs-rest AUROC, argmax accuracy; the
     bootstrap stratified by class) or multi-label 0/1 `labels` [N, C] (the mean of the outputs'
     AUROCs, each output's accuracy at 0.5; rows resampled without strata, so an output whose

@@ -17,7 +17,7 @@ ReLU in between; the last upsampling gives the likelihood's parameters, p(x | z)
 
 On XLA:CPU the sub-pixel upsampling's weight gradient measured 2.5x faster than a 4x4 stride-2
 transposed conv's. Convolutions pad inside the conv: with the Eigen convolutions medjax selects
-(medjax/__init__.py) the benchmark VAE's gradient took 43 ms against 49 ms with an explicit pad
+(medjax/xla_cpu.py) the benchmark VAE's gradient took 43 ms against 49 ms with an explicit pad
 and a 'VALID' conv (under YNNPACK's convolutions it was the other way round, by up to 40x for
 even kernels). 3D convolutions on CPU run as 2D ones over depth taps (medjax.models.conv).
 

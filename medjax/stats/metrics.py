@@ -299,29 +299,29 @@ class OutputGatherer:
     """Collects per-example eval outputs across padded batches, dropping padding rows.
 
     >>> g = OutputGatherer()
-    >>> for batch in batches: g.add({"label": y, "probs": p}, mask=batch["mask"])
+    >>> for batch in batches: g.add({"label": y, "probs": p}, valid=batch["valid"])
     >>> outputs = g.result()  # {"label": [N], "probs": [N, C]}, in order
     """
 
     def __init__(self):
         self._parts: dict[str, list[np.ndarray]] = {}
 
-    def add(self, outputs: dict[str, np.ndarray], mask: np.ndarray) -> None:
-        """Keeps the rows of each output where `mask` (bool or 0/1, shape [B]) is nonzero."""
-        mask = np.asarray(mask)
-        if mask.ndim != 1:
-            raise ValueError(f"mask must be 1-D [batch], got shape {mask.shape}.")
+    def add(self, outputs: dict[str, np.ndarray], valid: np.ndarray) -> None:
+        """Keeps the rows of each output where `valid` (bool or 0/1, shape [B]) is nonzero."""
+        valid = np.asarray(valid)
+        if valid.ndim != 1:
+            raise ValueError(f"valid must be 1-D [batch], got shape {valid.shape}.")
         if self._parts and set(outputs) != set(self._parts):
             raise ValueError(
                 f"outputs keys {sorted(outputs)} differ from earlier batches' "
                 f"{sorted(self._parts)}; return the same keys from every eval step."
             )
-        keep = mask != 0
+        keep = valid != 0
         arrays = {k: np.asarray(v) for k, v in outputs.items()}
         for k, v in arrays.items():
-            if v.ndim == 0 or v.shape[0] != mask.shape[0]:
+            if v.ndim == 0 or v.shape[0] != valid.shape[0]:
                 raise ValueError(
-                    f"output {k!r} has shape {v.shape} but mask has {mask.shape[0]} rows; "
+                    f"output {k!r} has shape {v.shape} but valid has {valid.shape[0]} rows; "
                     "every output's leading axis must be the batch axis."
                 )
         for k, v in arrays.items():

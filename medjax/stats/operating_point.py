@@ -8,8 +8,8 @@ A case is called positive iff its score >= the threshold.
 
 import numpy as np
 
-from medjax import metrics
 from medjax.errors import ConfigError
+from medjax.stats import metrics
 
 METHODS = ("youden", "sensitivity")
 

@@ -6,7 +6,8 @@ import os
 import ml_collections
 from scipy import special
 
-from medjax import bootstrap, writers
+from medjax.outputs import writers
+from medjax.stats import bootstrap
 
 EXPLANATION_METHODS = ("saliency", "smoothgrad", "integrated_gradients", "gradcam")
 OPERATING_POINT_METRICS = ("sensitivity", "specificity", "ppv", "npv", "accuracy")
@@ -32,12 +33,44 @@ def write(
     """Writes `workdir/report.md`: data and splits, model and training, the metrics of the
     evaluated `split` with intervals, the operating point and calibration (`binary`, empty for
     tasks that are not binary), and the plots."""
-    trainer = config.trainer
-    sizes = ", ".join(f"{name} {size:,}" for name, size in split_sizes.items())
     fitted_on = "fitted on val and applied unchanged to " + (
         "val itself (in-sample: optimistic)" if split == "val" else f"the {split} split"
     )
-    lines = [
+    lines = _data_and_model(config, description, split_sizes, num_params, best_step, last_step,
+                            split)  # fmt: skip
+    lines += [
+        *_images(workdir, ["curves.png"]),
+        "## Metrics",
+        "",
+        *_table(
+            ["split", *split_metrics],
+            [
+                [name, *(values[k] for k in split_metrics)]
+                for name, values in (("val", val_metrics), (split, split_metrics))
+            ],
+        ),  # fmt: skip
+    ]
+    if intervals:
+        lines += _intervals(split, split_metrics, intervals)
+    if binary:
+        lines += _operating_point(config, split, binary, binary_intervals, fitted_on)
+        lines += _calibration(split, split_metrics, intervals, binary, binary_intervals, fitted_on)
+        lines += _images(workdir, ["calibration.png"])
+    if subgroup_rows:
+        lines += _subgroups(split, subgroup_rows)
+    plots = sorted(p for p in os.listdir(os.path.join(workdir, "plots")) if p.endswith(".png"))
+    explained = [p for p in plots if p.startswith(EXPLANATION_METHODS)]
+    if explained:
+        lines += ["## Explanations", "", *_images(workdir, explained)]
+    shown = {"curves.png", "calibration.png", *explained}
+    lines += [f"## Plots ({split} split)", "", *_images(workdir, sorted(set(plots) - shown))]
+    writers.write_atomically(os.path.join(workdir, "report.md"), "\n".join(lines) + "\n")
+
+
+def _data_and_model(config, description, split_sizes, num_params, best_step, last_step, split):
+    trainer = config.trainer
+    sizes = ", ".join(f"{name} {size:,}" for name, size in split_sizes.items())
+    return [
         "# medjax report",
         "",
         "## Data and model",
@@ -52,74 +85,44 @@ def write(
         f"{trainer.selection_metric} ({trainer.selection_mode}), on the {split} split"
         + ("; the test split was used for nothing else" if split == "test" else ""),
         "",
-        *_images(workdir, ["curves.png"]),
-        "## Metrics",
+    ]
+
+
+def _intervals(split, split_metrics, intervals) -> list[str]:
+    return [
+        "",
+        f"## {split.capitalize()} metrics with 95% intervals",
+        "",
+        f"Bootstrap of the examples, {bootstrap.NUM_RESAMPLES} resamples, percentile "
+        "intervals; each class is resampled apart (stratified), but multi-label rows are "
+        "resampled whole.",
         "",
         *_table(
-            ["split", *split_metrics],
-            [
-                [name, *(values[k] for k in split_metrics)]
-                for name, values in (("val", val_metrics), (split, split_metrics))
-            ],
-        ),  # fmt: skip
+            ["metric", split, "95% interval"],
+            [[k, split_metrics[k], _interval(v)] for k, v in intervals.items()],
+        ),
     ]
-    if intervals:
-        lines += [
-            "",
-            f"## {split.capitalize()} metrics with 95% intervals",
-            "",
-            f"Bootstrap of the examples, {bootstrap.NUM_RESAMPLES} resamples, percentile "
-            "intervals; each class is resampled apart (stratified), but multi-label rows are "
-            "resampled whole.",
-            "",
-            *_table(
-                ["metric", split, "95% interval"],
-                [[k, split_metrics[k], _interval(v)] for k, v in intervals.items()],
-            ),
+
+
+def _subgroups(split, subgroup_rows) -> list[str]:
+    header = ["grouping", "group", "n", "positives", "auroc", "95% interval"]
+    rows = [
+        [
+            *(r[k] for k in header[:5]),
+            _interval((r["auroc_low"], r["auroc_high"])),
+            *(r[k] for k in OPERATING_POINT_METRICS[:4]),
         ]
-    if binary:
-        lines += _operating_point(config, split, binary, binary_intervals, fitted_on)
-        lines += _calibration(split, split_metrics, intervals, binary, binary_intervals, fitted_on)
-        lines += _images(workdir, ["calibration.png"])
-    if subgroup_rows:
-        lines += [
-            "## Subgroups",
-            "",
-            f"AUROC with its 95% interval, and the operating point's metrics, within groups of "
-            f"the {split} split (also in subgroups.csv); small groups have wide intervals.",
-            "",
-            *_table(
-                [
-                    "grouping",
-                    "group",
-                    "n",
-                    "positives",
-                    "auroc",
-                    "95% interval",
-                    *OPERATING_POINT_METRICS[:4],
-                ],
-                [
-                    [
-                        r["grouping"],
-                        r["group"],
-                        r["n"],
-                        r["positives"],
-                        r["auroc"],
-                        _interval((r["auroc_low"], r["auroc_high"])),
-                        *(r[k] for k in OPERATING_POINT_METRICS[:4]),
-                    ]
-                    for r in subgroup_rows
-                ],
-            ),  # fmt: skip
-            "",
-        ]
-    plots = sorted(p for p in os.listdir(os.path.join(workdir, "plots")) if p.endswith(".png"))
-    explained = [p for p in plots if p.startswith(EXPLANATION_METHODS)]
-    if explained:
-        lines += ["## Explanations", "", *_images(workdir, explained)]
-    shown = {"curves.png", "calibration.png", *explained}
-    lines += [f"## Plots ({split} split)", "", *_images(workdir, sorted(set(plots) - shown))]
-    writers.write_atomically(os.path.join(workdir, "report.md"), "\n".join(lines) + "\n")
+        for r in subgroup_rows
+    ]
+    return [
+        "## Subgroups",
+        "",
+        f"AUROC with its 95% interval, and the operating point's metrics, within groups of "
+        f"the {split} split (also in subgroups.csv); small groups have wide intervals.",
+        "",
+        *_table([*header, *OPERATING_POINT_METRICS[:4]], rows),
+        "",
+    ]
 
 
 def _operating_point(config, split, binary, binary_intervals, fitted_on) -> list[str]:

@@ -19,7 +19,7 @@ import dataclasses
 import ml_collections
 import numpy as np
 
-from medjax.data import physionet2012, synthetic_icu
+from medjax.data import physionet2012, synthetic_icu, time_grid
 from medjax.data.dataset import SPLITS, fold_note, fold_split, folds_enabled, stratified_split
 from medjax.errors import ConfigError
 
@@ -54,7 +54,7 @@ def load(
     if fit_data is not None and fit_data != data:
         fit = _grid(*_splits(fit_data)[0]["train"], fit_data)
         description += f"; normalised with the training split of {fit_data.name} {fit_data.dir}"
-    mean, std = physionet2012.fit_normalizer(fit["values"], fit["mask"])
+    mean, std = time_grid.fit_normalizer(fit["values"], fit["mask"])
     static_stats = _fit_static(fit["descriptors"])
     prepared = {
         split: _prepare(arrays, mean, std, static_stats, data.imputation)
@@ -135,7 +135,7 @@ def _take(records, labels, indices):
 
 
 def _grid(records, labels, data):
-    arrays = physionet2012.to_grid(records, hours=data.hours, step_hours=data.step_hours)
+    arrays = time_grid.to_grid(records, hours=data.hours, step_hours=data.step_hours)
     arrays["values"] = np.where(_LOG_SCALE, np.log1p(arrays["values"]), arrays["values"])
     arrays["labels"] = np.asarray(labels, np.int32)
     return arrays

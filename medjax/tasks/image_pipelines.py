@@ -1,0 +1,122 @@
+"""Images as a task's data: tf.data pipelines of windowed (CT) or scaled (uint8) images with
+labels, split sizes and fingerprints; shared by the classification and VAE tasks."""
+
+import functools
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from medjax import privacy
+from medjax.data import pipeline, transforms
+from medjax.data.dataset import SPLITS
+from medjax.tasks.task import fingerprint
+
+
+def image_split_sizes(dataset, *, normal_only: bool = False) -> dict[str, int]:
+    """Examples per split; training counts only the normal ones with `normal_only`."""
+    labels = {split: dataset.load_split(split)["labels"] for split in SPLITS}
+    sizes = {split: len(labels[split]) for split in SPLITS}
+    return sizes | ({"train": int(is_normal(labels["train"]).sum())} if normal_only else {})
+
+
+def image_fingerprint(dataset) -> str:
+    """Every split's example ids and labels, and the image shape (hashing every voxel of a CT
+    dataset would cost more than it tells)."""
+    arrays = {"image_shape": np.array(dataset.image_shape)}
+    for split in SPLITS:
+        loaded = dataset.load_split(split)
+        arrays |= {f"{split}/ids": loaded["ids"], f"{split}/labels": loaded["labels"]}
+    return fingerprint(arrays)
+
+
+def image_pipelines(config: ml_collections.ConfigDict, dataset, *, normal_only: bool = False):
+    """(train_batches, eval_batches) of windowed images with labels; training is augmented.
+
+    With `normal_only`, training sees only the normal examples, label 0 or (multi-label) no
+    label at all; evaluation sees every one.
+    """
+    return (
+        functools.partial(train_batches, config, dataset, normal_only=normal_only),
+        functools.partial(eval_batches, config, dataset),
+    )
+
+
+def train_batches(config, dataset, start_step: int, *, normal_only: bool = False):
+    """This process's augmented training batches from step `start_step` on (see pipeline)."""
+    data = config.data
+    arrays = dataset.load_split("train")
+    keep = is_normal(arrays["labels"]) if normal_only else slice(None)
+    train_labels = arrays["labels"][keep]
+    images, labels = tf.constant(arrays["images"][keep]), tf.constant(train_labels)
+    augment, background = data.augment, background_of(dataset)
+
+    def load(index, seed):
+        image = _with_channels(tf.gather(images, index), dataset)
+        if augment.enabled:
+            image = transforms.augment(
+                image,
+                seed,
+                flip_left_right=augment.flip_left_right,
+                max_rotation_degrees=augment.max_rotation_degrees,
+                max_shift_fraction=augment.max_shift_fraction,
+                intensity_shift=augment.intensity_shift,
+                intensity_scale=augment.intensity_scale,
+                background=background,
+            )
+        return {"image": model_input(image, dataset, data), "label": tf.gather(labels, index)}
+
+    return pipeline.train_batches(
+        train_labels,
+        load,
+        global_batch_size=config.trainer.batch_size,
+        seed=config.seed,
+        start_step=start_step,
+        balanced=data.balanced_sampling,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        poisson_max_size=privacy.poisson_max_size(config, len(train_labels)),
+    )
+
+
+def eval_batches(config, dataset, split: str):
+    """This process's batches of `split`, every example once, padded (`valid`)."""
+    arrays = dataset.load_split(split)
+    images, labels = tf.constant(arrays["images"]), tf.constant(arrays["labels"])
+
+    def load(index):
+        image = _with_channels(tf.gather(images, index), dataset)
+        return {
+            "image": model_input(image, dataset, config.data),
+            "label": tf.gather(labels, index),
+        }
+
+    return pipeline.eval_batches(
+        len(arrays["labels"]),
+        load,
+        global_batch_size=config.trainer.eval_batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+
+
+def _with_channels(pixels, dataset):
+    return pixels if dataset.channels > 1 else pixels[..., None]
+
+
+def background_of(dataset) -> float:
+    """The background in the images' own units: air (-1000 HU) or black."""
+    return -1000.0 if dataset.intensity == "hu" else 0.0
+
+
+def model_input(image: tf.Tensor, dataset, data: ml_collections.ConfigDict) -> tf.Tensor:
+    """Raw pixels (HU or 0..255) -> the model's input in [-1, 1]: windowed CT or scaled uint8."""
+    if dataset.intensity == "hu":
+        return transforms.window(image, data.window_center, data.window_width)
+    return transforms.scale_uint8(image)
+
+
+def is_normal(labels: np.ndarray) -> np.ndarray:
+    """Label 0, or for multi-label rows no finding at all."""
+    return labels == 0 if labels.ndim == 1 else ~labels.any(axis=1)

@@ -1,0 +1,116 @@
+"""What a trained workdir can do without training: `--mode=evaluate`, `explain` and `predict`."""
+
+import json
+import os
+import time
+
+import jax
+import ml_collections
+from absl import logging
+
+from medjax import parallel
+from medjax.errors import ConfigError
+from medjax.outputs import writers
+from medjax.tasks import Task, build_task
+from medjax.train import checks, run_config
+from medjax.train.evaluation import evaluate_split, explain_examples, final_evaluation
+from medjax.train.state import open_checkpoints
+
+
+def evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    split: str = "test",
+    allow_config_change: bool = False,
+) -> dict[str, float]:
+    """Evaluates the best checkpoint of a trained `workdir` on `split`, rewriting its report,
+    predictions and plots; only the test split is logged to metrics.jsonl. Returns the
+    split's metrics. A config or data that differ from the checkpoint's are refused as in
+    training, unless `allow_config_change`."""
+    checks.check_split(split)
+    task = build_task(config)
+    checks.require_checkpoint_dir(workdir)
+    checks.check_run(config, task)
+    current = run_config.fingerprint(config, task)
+    checks.prepare_workdir(workdir)
+    mesh = parallel.data_mesh()
+    ckpts, abstract_state = open_checkpoints(config, task, workdir, mesh)
+    latest, best = ckpts.restore_latest(abstract_state), ckpts.restore_best(abstract_state)
+    ckpts.close()
+    if latest is None:
+        raise checks.no_checkpoint(ckpts.directory)
+    saved = latest[1].get("fingerprint")
+    run_config.check_unchanged(saved, current, workdir, allow_config_change)
+    last_step = int(latest[0].step)
+    logging.info("Evaluating the best checkpoint of %s (at step %d).", workdir, last_step)
+    elapsed = 0.0
+    if jax.process_index() == 0 and split == "test":  # other splits leave the test line there
+        elapsed = writers.keep_metrics_up_to(os.path.join(workdir, "metrics.jsonl"), last_step)
+    writer = writers.create_writer(workdir, time.time() - elapsed)
+    best_state = best[0] if best else latest[0]
+    return final_evaluation(config, task, best_state, last_step, workdir, writer, mesh, split)
+
+
+def explain(config: ml_collections.ConfigDict, workdir: str, *, split: str = "test") -> list[str]:
+    """Writes explanations of the best checkpoint's predictions on the first
+    `config.explain.num_examples` examples of `split` to `workdir/plots`; returns the paths."""
+    checks.check_split(split)
+    task = build_task(config)
+    if task.explain is None:
+        raise ConfigError(f"the {config.task} task has no explanations; they are for the CNNs "
+                          "(task classification) and the RNNs (task ehr)")  # fmt: skip
+    state, progress = restore_best(config, task, workdir)
+    current = run_config.fingerprint(config, task)
+    run_config.check_unchanged(progress.get("fingerprint"), current, workdir, allow=False)
+    return explain_examples(config, task, state, workdir, split)
+
+
+def restore_best(config: ml_collections.ConfigDict, task: Task, workdir: str):
+    """(state, progress) of the best checkpoint of `workdir`; ConfigError when there is none."""
+    checks.require_checkpoint_dir(workdir)
+    ckpts, abstract_state = open_checkpoints(config, task, workdir, parallel.data_mesh())
+    best = ckpts.restore_best(abstract_state)
+    ckpts.close()
+    if best is None:
+        raise checks.no_checkpoint(ckpts.directory)
+    return best
+
+
+def predict(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Scores every example of the data `config.data` names (all its splits) with the best
+    checkpoint of `workdir` into predictions/<name>.csv, `name` the data's name and folder;
+    returns its path. `config` must match the training run's model and input rules (config.json);
+    statistics fitted on data come from the training run's data (`build_task`'s `fit_data`)."""
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(config_path):
+        raise ConfigError(f"no {config_path}: --workdir must hold a trained run (--mode=train)")
+    with open(config_path) as f:
+        trained = ml_collections.ConfigDict(json.load(f))
+    changes = run_config.input_rule_changes(trained, config)
+    if changes:
+        raise ConfigError(
+            f"the model in {workdir} was trained with other model or input settings: "
+            f"{'; '.join(changes)}. Predict with the training run's config, changing only the "
+            "data (--config.data.dir, --config.data.name)"
+        )
+    task = build_task(config, fit_data=trained.data)
+    state, _ = restore_best(config, task, workdir)
+    mesh = parallel.data_mesh()
+    header, rows = None, []
+    for split, size in task.split_sizes().items():
+        if size:
+            _, gathered = evaluate_split(state, task, split, mesh)
+            header, split_rows = task.prediction_table(split, gathered)
+            rows += [[split, *row] for row in split_rows]
+    if not rows:
+        raise ConfigError(f"no examples to predict in {config.data.name} {config.data.dir}")
+    folder = os.path.basename(os.path.normpath(config.data.dir)) if config.data.dir else ""
+    name = "".join(c if c.isalnum() or c in "-." else "_" for c in "_".join(
+        filter(None, (config.data.name, folder))))  # fmt: skip
+    path = os.path.join(workdir, "predictions", f"{name}.csv")
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        writers.write_table(path, ["split", *header], rows)
+        logging.info("Wrote %d predictions of %s to %s", len(rows), task.description, path)
+    return path

@@ -1,0 +1,80 @@
+"""What a run's config and data are, for resuming and predicting: the keys that decide results,
+their differences, and the fingerprint stored with every checkpoint."""
+
+import json
+
+import ml_collections
+from absl import logging
+from flax import traverse_util
+
+from medjax.errors import ConfigError
+from medjax.tasks import Task
+
+# Keys that change no result: a run resumed with other values ends the same. The evaluation and
+# explain sections change only what is computed from a checkpoint, so they are neutral too.
+RESULT_NEUTRAL_SECTIONS = ("evaluation.", "explain.")
+RESULT_NEUTRAL_KEYS = (
+    "trainer.log_every_steps",
+    "trainer.checkpoint_every_steps",
+    "trainer.max_checkpoints_to_keep",
+    "data.dir",
+    "data.cache_dir",
+    "data.download",
+)
+# What --mode=predict needs to match the training run's: the model (model.*), and the rules
+# that turn data into its inputs. The data itself (name, folder, splits) may differ.
+INPUT_RULE_KEYS = ("task", "dtype", "data.image_shape", "data.window_center",
+                   "data.window_width", "data.spacing", "data.ct_geometry", "data.hours",
+                   "data.step_hours", "data.imputation")  # fmt: skip
+
+
+def flat(config: ml_collections.ConfigDict) -> dict:
+    """The config's keys flattened ("data.seed"), with values as JSON stores them."""
+    return json.loads(json.dumps(traverse_util.flatten_dict(config.to_dict(), sep=".")))
+
+
+def results_config(config: ml_collections.ConfigDict) -> dict:
+    """The config's keys that decide results, flattened, as JSON stores them."""
+    return {
+        k: v
+        for k, v in flat(config).items()
+        if k not in RESULT_NEUTRAL_KEYS and not k.startswith(RESULT_NEUTRAL_SECTIONS)
+    }
+
+
+def fingerprint(config: ml_collections.ConfigDict, task: Task) -> dict:
+    """What the checkpoint stores to recognise its run: the result-deciding config, and a hash
+    of the data."""
+    return {"config": results_config(config), "data": task.data_fingerprint()}
+
+
+def config_changes(old: dict, new: dict, keep=lambda key: True) -> list[str]:
+    """`key: old -> new` for each flattened key (that `keep` accepts) whose values differ."""
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
+            if keep(k) and old.get(k) != new.get(k)]  # fmt: skip
+
+
+def input_rule_changes(trained: ml_collections.ConfigDict, config: ml_collections.ConfigDict):
+    """The model and input-rule keys whose values differ between two configs."""
+    return config_changes(
+        flat(trained), flat(config), keep=lambda k: k in INPUT_RULE_KEYS or k.startswith("model.")
+    )
+
+
+def check_unchanged(saved: dict | None, current: dict, workdir: str, allow: bool) -> None:
+    """Refuses (unless `allow`) a config or data that differ from the checkpoint's
+    `saved` fingerprint; checkpoints written before fingerprints (None) pass."""
+    if saved is None:
+        return
+    changes = config_changes(saved["config"], current["config"])
+    if saved["data"] != current["data"]:
+        changes.append(f"the data (fingerprint {saved['data']} -> {current['data']})")
+    if not changes:
+        return
+    if not allow:
+        raise ConfigError(
+            f"the checkpoint in {workdir} was trained with another config; resuming would change "
+            f"the results: {'; '.join(changes)}. Use a new --workdir, or pass "
+            "--allow_config_change to go on anyway"
+        )
+    logging.warning("Going on with a changed config (--allow_config_change): %s", changes)
