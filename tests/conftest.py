@@ -34,17 +34,33 @@ _share_a_compilation_cache()
 
 from medjax import xla_cpu  # noqa: E402
 
-xla_cpu.leave_convolutions_to_eigen()  # as the entry points do, before JAX computes anything
+# As the entry points do, before JAX computes anything; in $XLA_FLAGS, which the xdist workers
+# and the processes the tests start inherit.
+xla_cpu.leave_convolutions_to_eigen()
 
-import jax  # noqa: E402
+
+def _set_up_tensorflow_and_jax():
+    import jax
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")
+    # In case a plugin imported jax before this file set the variables it reads at import.
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+if "_pytest" not in sys.modules:  # imported by a script the tests run (tests/parallel_steps.py)
+    _set_up_tensorflow_and_jax()
+
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-tf.config.set_visible_devices([], "GPU")
-# In case a plugin imported jax before this file set the variables it reads at import.
-jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+def pytest_configure(config):
+    """Sets up TensorFlow and JAX where the tests run: not in xdist's controller, which would
+    spend seconds importing them before it starts the workers."""
+    if not getattr(config.option, "numprocesses", None) or hasattr(config, "workerinput"):
+        _set_up_tensorflow_and_jax()
 
 
 def shrink(config, *, image_shape=(32, 32), steps=6):
@@ -65,12 +81,33 @@ def shrink(config, *, image_shape=(32, 32), steps=6):
     return config
 
 
+PROCESS_FIXTURES = {"tiny_ct_cnn_command", "host_devices_env"}  # tests that start processes
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
     """Marks slow, besides the tests decorated so, every test that starts `python -m
-    medjax.main` or a script with several host devices through the fixtures below."""
+    medjax.main` or a script with several host devices through the fixtures below (before -m
+    selects by marks).
+
+    In an xdist worker, then puts the selected tests that start processes first, then the other
+    slow ones, then the rest, each group in file order: `--dist worksteal` (pyproject's addopts)
+    deals the list out in two halves and a worker that runs out takes half of what the other
+    has left, from its end, so that the long tests start early and the short ones even out the
+    workers' ends (`--dist loadfile` handed out whole files, those with the most tests first,
+    which put the few long ones last)."""
     for item in items:
-        if {"tiny_ct_cnn_command", "host_devices_env"} & set(item.fixturenames):
+        if PROCESS_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
+    result = yield
+    if hasattr(config, "workerinput"):
+        items.sort(  # stable: in file order within each group
+            key=lambda item: (
+                not PROCESS_FIXTURES & set(item.fixturenames),
+                not item.get_closest_marker("slow"),
+            )
+        )
+    return result
 
 
 @pytest.fixture
@@ -124,6 +161,8 @@ def host_devices_env():
 @pytest.fixture
 def x64():
     """float64 for gradient checks, restored afterwards."""
+    import jax
+
     previous = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", True)
     yield
@@ -177,6 +216,7 @@ def run_main(monkeypatch, capfd):
     """run_main(*args) -> (exit status, stderr): `python -m medjax.main ARGS` from the repository
     root, run in this process (a new process would only add the imports of TensorFlow and JAX)
     on its one CPU device. An exception medjax.main lets through (a traceback) fails the test."""
+    import jax
     from absl import app
 
     def run(*args):

@@ -11,6 +11,12 @@ from medjax import explain
 from medjax.models import cnn, rnn
 
 
+def _init(model, *args, **kwargs):
+    """model.init(*args, **kwargs) under jax.jit: eagerly, each of the initialisers' operations
+    would be compiled on its own (seconds for the ResNet)."""
+    return jax.jit(lambda *args: model.init(*args, **kwargs))(*args)
+
+
 def _resnet(num_classes=2):
     return cnn.create_model("resnet10", num_classes=num_classes, width=0.125, small_input=True)
 
@@ -46,7 +52,7 @@ class TestClosedForms:
 def test_integrated_gradients_are_complete_for_the_resnet():
     model = _resnet()
     x = jnp.asarray(np.random.default_rng(2).normal(size=(3, 16, 16, 1)), jnp.float32)
-    variables = model.init(jax.random.key(0), x, train=False)
+    variables = _init(model, jax.random.key(0), x, train=False)
 
     def score(images):
         return explain.log_odds(model.apply(variables, images, train=False))
@@ -74,7 +80,7 @@ def test_series_integrated_gradients_are_complete_and_zero_on_padding(cell):
     }
     batch["values"][2, 3:] = np.nan  # padding may hold anything
     model = rnn.create_model(cell, hidden_size=8)
-    variables = model.init(jax.random.key(0), batch, train=False)
+    variables = _init(model, jax.random.key(0), batch, train=False)
 
     def score(inputs):
         return model.apply(variables, inputs, train=False)["logits"][:, 0]
@@ -92,7 +98,7 @@ def test_gradcam_equals_its_closed_form_for_the_resnet():
     # is (W[k, 1] - W[k, 0]) / positions at every position.
     model = _resnet()
     x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 16, 16, 1)), jnp.float32)
-    variables = model.init(jax.random.key(1), x, train=False)
+    variables = _init(model, jax.random.key(1), x, train=False)
     _, state = model.apply(variables, x, train=False, mutable=["intermediates"])
     features = state["intermediates"]["features"][0]  # [B, h, w, K]
     kernel = variables["params"]["head"]["kernel"]
@@ -126,7 +132,7 @@ def _blob_images(n, rng):
 def trained_blob_model():
     model = _resnet()
     rng = np.random.default_rng(5)
-    variables = model.init(jax.random.key(2), jnp.zeros((1, 32, 32, 1)), train=False)
+    variables = _init(model, jax.random.key(2), jnp.zeros((1, 32, 32, 1)), train=False)
     tx = optax.adam(3e-3)
 
     @jax.jit
@@ -184,7 +190,7 @@ def test_gradcam_and_integrated_gradients_point_at_the_region_that_carries_the_l
 def test_the_plots_are_written_under_the_required_names(tmp_path):
     model = _resnet()
     images = np.random.default_rng(7).normal(size=(2, 16, 16, 1)).astype(np.float32)
-    variables = model.init(jax.random.key(0), images, train=False)
+    variables = _init(model, jax.random.key(0), images, train=False)
     paths = explain.write_image_explanations(
         str(tmp_path), model, variables, images, [0, 1], ["a", "b"], baseline=-1.0,
         num_samples=2, noise_std=0.1, ig_steps=4, key=jax.random.key(0), suffix="test",
@@ -193,7 +199,7 @@ def test_the_plots_are_written_under_the_required_names(tmp_path):
     assert names == sorted(f"{m}_test.png" for m in explain.IMAGE_METHODS)
     assert all(p.stat().st_size > 0 for p in tmp_path.iterdir()) and len(paths) == 4
     volumes = np.random.default_rng(8).normal(size=(1, 8, 16, 16, 1)).astype(np.float32)
-    variables = model.init(jax.random.key(0), volumes, train=False)
+    variables = _init(model, jax.random.key(0), volumes, train=False)
     explain.write_image_explanations(
         str(tmp_path), model, variables, volumes, [1], ["v"], baseline=-1.0,
         num_samples=2, noise_std=0.1, ig_steps=4, key=jax.random.key(0), suffix="volume",
