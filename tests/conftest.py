@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import tempfile
+import typing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -53,6 +54,7 @@ def _set_up_tensorflow_and_jax():
 if "_pytest" not in sys.modules:  # imported by a script the tests run (tests/parallel_steps.py)
     _set_up_tensorflow_and_jax()
 
+import ml_collections  # noqa: E402
 import pytest  # noqa: E402
 
 
@@ -121,6 +123,47 @@ def tiny():
 @pytest.fixture
 def tiny_config(tiny):
     return tiny("ct_cnn")
+
+
+class FinishedRun(typing.NamedTuple):
+    config: ml_collections.ConfigDict
+    workdir: str
+    test_metrics: dict
+    train_steps: int  # the calls of steps.train_step that trained it
+
+
+@pytest.fixture(scope="session")
+def _finished_tiny_run(tmp_path_factory):
+    from medjax import train
+    from medjax.train import steps
+
+    config = shrink(importlib.import_module("configs.ct_cnn").get_config())
+    config.explain.update(num_examples=2, smoothgrad_samples=2, ig_steps=4)
+    workdir = str(tmp_path_factory.mktemp("finished_tiny_run"))
+    real_step, calls = steps.train_step, []
+
+    def counted_step(*args, **kwargs):
+        calls.append(1)
+        return real_step(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(steps, "train_step", counted_step)
+        test_metrics = train.train_and_evaluate(config, workdir)
+    return FinishedRun(config, workdir, test_metrics, len(calls))
+
+
+@pytest.fixture
+def finished_tiny_run(_finished_tiny_run, tmp_path):
+    """The tiny ct_cnn, explanations included, trained to the end once per xdist worker for the
+    tests that start from a finished run: a FinishedRun with a copy of the config and of the
+    workdir, which the test may change."""
+    run = _finished_tiny_run
+    workdir = shutil.copytree(run.workdir, tmp_path / "finished")
+    return run._replace(
+        config=run.config.copy_and_resolve_references(),
+        workdir=str(workdir),
+        test_metrics=dict(run.test_metrics),
+    )
 
 
 @pytest.fixture(scope="session")

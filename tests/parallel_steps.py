@@ -43,7 +43,8 @@ def run(config, num_steps, *, devices=None):
     mesh = parallel.data_mesh(devices)
     create = functools.partial(create_train_state, task, tx)
     keys = jax.random.split(jax.random.key(config.seed))
-    state = jax.jit(create, out_shardings=parallel.replicated(mesh))(*keys)
+    # Created on one device and then replicated: the layouts of a model share one compilation.
+    state = jax.device_put(jax.jit(create)(*keys), parallel.replicated(mesh))
     batches = task.train_batches(0)
     accumulation_steps = config.trainer.accumulation_steps
     losses = []

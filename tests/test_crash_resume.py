@@ -38,17 +38,22 @@ def _finish(workdir, env, command):
     return stderr
 
 
-def _wait_for_step(process, workdir, step):
-    """Waits until metrics.jsonl shows a training line at `step` or later."""
+def _last_step(workdir):
+    """The last step in metrics.jsonl (0 before the first line)."""
     path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return max([json.loads(line)["step"] for line in f if line.endswith("\n")], default=0)
+
+
+def _wait_for_step(process, workdir, step):
+    """Waits until metrics.jsonl shows a line at `step` or later."""
     deadline = time.time() + 300
     while time.time() < deadline:
         assert process.poll() is None, process.communicate()[1][-3000:]
-        if os.path.exists(path):
-            with open(path) as f:
-                steps = [json.loads(line)["step"] for line in f if line.endswith("\n")]
-            if steps and max(steps) >= step:
-                return
+        if _last_step(workdir) >= step:
+            return
         time.sleep(0.05)
     raise TimeoutError(f"step {step} not reached")
 
@@ -82,19 +87,24 @@ def test_sigkill_at_random_steps_then_rerun_ends_bit_identical(
     straight = tmp_path / "straight"
     _finish(straight, host_devices_env, tiny_ct_cnn_command)
     expected = _final(straight)
+    # One run killed three times, at a random step of each third of its steps: each start
+    # resumes from the last complete checkpoint that the previous one left.
     rng = np.random.default_rng(0)
-    for trial, kill_step in enumerate(rng.integers(1, STEPS, size=3)):
-        workdir = tmp_path / f"killed{trial}"
+    kill_steps = [rng.integers(start, start + 3) for start in (1, 5, 9)]
+    workdir, saved = tmp_path / "killed", []
+    for kill_step in kill_steps:
+        logged = _last_step(workdir)  # by the killed start, up to the step it reached
         process = _start(workdir, host_devices_env, tiny_ct_cnn_command)
-        _wait_for_step(process, workdir, kill_step)
+        _wait_for_step(process, workdir, max(kill_step, logged + 1))  # a line of this start
         process.send_signal(signal.SIGKILL)
-        process.communicate(timeout=60)
-        saved = [int(name) for name in os.listdir(workdir / "checkpoints" / "latest")
-                 if name.isdigit()]  # fmt: skip
-        log = _finish(workdir, host_devices_env, tiny_ct_cnn_command)
+        _, log = process.communicate(timeout=60)
         if saved:  # it resumed from the last complete checkpoint, not from the start
             assert f"Resumed from step {max(saved)} of" in log
-        _assert_same(_final(workdir), expected)
+        saved = [int(name) for name in os.listdir(workdir / "checkpoints" / "latest")
+                 if name.isdigit()]  # fmt: skip
+    log = _finish(workdir, host_devices_env, tiny_ct_cnn_command)
+    assert f"Resumed from step {max(saved)} of" in log
+    _assert_same(_final(workdir), expected)
 
 
 def test_sigterm_saves_the_current_step_and_the_rerun_finishes(
@@ -112,5 +122,6 @@ def test_sigterm_saves_the_current_step_and_the_rerun_finishes(
     step = int(message[0].split("at step ")[1].split(",")[0])
     assert 4 <= step < STEPS
     assert str(step) in os.listdir(tmp_path / "checkpoints" / "latest")
-    _finish(tmp_path, host_devices_env, tiny_ct_cnn_command)
+    log = _finish(tmp_path, host_devices_env, tiny_ct_cnn_command)
+    assert f"Resumed from step {step} of" in log
     assert _final(tmp_path)[0] == STEPS

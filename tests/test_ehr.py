@@ -118,6 +118,7 @@ def test_ehr_rnn_end_to_end(tiny, tmp_path):
     assert [{k: v for k, v in r.items() if k != "split"} for r in rows[-48:]] == predictions
 
 
+@pytest.mark.slow  # reads the real sets
 @pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason="../shared/data is absent")
 def test_physionet_set_a_split():
     config = ehr_rnn.get_config()

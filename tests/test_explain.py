@@ -11,10 +11,12 @@ from medjax import explain
 from medjax.models import cnn, rnn
 
 
-def _init(model, *args, **kwargs):
-    """model.init(*args, **kwargs) under jax.jit: eagerly, each of the initialisers' operations
-    would be compiled on its own (seconds for the ResNet)."""
-    return jax.jit(lambda *args: model.init(*args, **kwargs))(*args)
+def _init(model, key, *, volumes=False):
+    """model.init under jax.jit (eagerly, each of the initialisers' operations would be compiled
+    on its own) on one input shape for images and one for volumes: the parameters do not depend
+    on the spatial size, and the tests share the compilation."""
+    shape = (1, 8, 16, 16, 1) if volumes else (1, 16, 16, 1)
+    return jax.jit(lambda key: model.init(key, jnp.zeros(shape), train=False))(key)
 
 
 def _resnet(num_classes=2):
@@ -52,7 +54,7 @@ class TestClosedForms:
 def test_integrated_gradients_are_complete_for_the_resnet():
     model = _resnet()
     x = jnp.asarray(np.random.default_rng(2).normal(size=(3, 16, 16, 1)), jnp.float32)
-    variables = _init(model, jax.random.key(0), x, train=False)
+    variables = _init(model, jax.random.key(0))
 
     def score(images):
         return explain.log_odds(model.apply(variables, images, train=False))
@@ -80,7 +82,7 @@ def test_series_integrated_gradients_are_complete_and_zero_on_padding(cell):
     }
     batch["values"][2, 3:] = np.nan  # padding may hold anything
     model = rnn.create_model(cell, hidden_size=8)
-    variables = _init(model, jax.random.key(0), batch, train=False)
+    variables = jax.jit(model.init, static_argnames="train")(jax.random.key(0), batch, train=False)
 
     def score(inputs):
         return model.apply(variables, inputs, train=False)["logits"][:, 0]
@@ -98,7 +100,7 @@ def test_gradcam_equals_its_closed_form_for_the_resnet():
     # is (W[k, 1] - W[k, 0]) / positions at every position.
     model = _resnet()
     x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 16, 16, 1)), jnp.float32)
-    variables = _init(model, jax.random.key(1), x, train=False)
+    variables = _init(model, jax.random.key(1))
     _, state = model.apply(variables, x, train=False, mutable=["intermediates"])
     features = state["intermediates"]["features"][0]  # [B, h, w, K]
     kernel = variables["params"]["head"]["kernel"]
@@ -132,7 +134,7 @@ def _blob_images(n, rng):
 def trained_blob_model():
     model = _resnet()
     rng = np.random.default_rng(5)
-    variables = _init(model, jax.random.key(2), jnp.zeros((1, 32, 32, 1)), train=False)
+    variables = _init(model, jax.random.key(2))
     tx = optax.adam(3e-3)
 
     @jax.jit
@@ -159,6 +161,7 @@ def trained_blob_model():
     return model, {"params": params, "batch_stats": batch_stats}
 
 
+@pytest.mark.slow  # a training
 def test_gradcam_and_integrated_gradients_point_at_the_region_that_carries_the_label(
     trained_blob_model,
 ):
@@ -187,10 +190,11 @@ def test_gradcam_and_integrated_gradients_point_at_the_region_that_carries_the_l
     assert gradcam_share > 0.5 and ig_share > 0.5, (gradcam_share, ig_share)
 
 
+@pytest.mark.slow  # files, and a 3D model
 def test_the_plots_are_written_under_the_required_names(tmp_path):
     model = _resnet()
     images = np.random.default_rng(7).normal(size=(2, 16, 16, 1)).astype(np.float32)
-    variables = _init(model, jax.random.key(0), images, train=False)
+    variables = _init(model, jax.random.key(0))
     paths = explain.write_image_explanations(
         str(tmp_path), model, variables, images, [0, 1], ["a", "b"], baseline=-1.0,
         num_samples=2, noise_std=0.1, ig_steps=4, key=jax.random.key(0), suffix="test",
@@ -199,7 +203,7 @@ def test_the_plots_are_written_under_the_required_names(tmp_path):
     assert names == sorted(f"{m}_test.png" for m in explain.IMAGE_METHODS)
     assert all(p.stat().st_size > 0 for p in tmp_path.iterdir()) and len(paths) == 4
     volumes = np.random.default_rng(8).normal(size=(1, 8, 16, 16, 1)).astype(np.float32)
-    variables = _init(model, jax.random.key(0), volumes, train=False)
+    variables = _init(model, jax.random.key(0), volumes=True)
     explain.write_image_explanations(
         str(tmp_path), model, variables, volumes, [1], ["v"], baseline=-1.0,
         num_samples=2, noise_std=0.1, ig_steps=4, key=jax.random.key(0), suffix="volume",

@@ -402,6 +402,7 @@ class TestTFDS:
         assert pn.read_set(directory, "a")[2]["records"] == 2  # the cache does not disturb
 
 
+@pytest.mark.slow  # reads the real sets
 @pytest.mark.skipif(not os.path.isdir(REAL_DIR), reason="../shared/data is absent")
 class TestRealSets:
     def test_counts_agree_with_readme(self):

@@ -140,8 +140,8 @@ def test_the_private_step_adds_noise_of_the_stated_standard_deviation(tiny):
 
 
 def test_zero_noise_and_no_clip_make_the_private_step_the_ordinary_one(tiny):
-    config = tiny("ct_cnn", image_shape=(16, 16))
-    config.model.update(norm="group", small_input=True)
+    config = tiny("ehr_rnn")  # the per-example gradients of convolutions: tested above
+    config.model.update(name="gru", dropout_rate=0.0)
     config.optimizer.update(name="sgd", momentum=0.0, learning_rate=1.0, grad_clip_norm=0.0,
                             warmup_steps=0, schedule="constant")  # fmt: skip
     task = build_task(config)
@@ -347,6 +347,7 @@ def test_a_tiny_private_run_logs_epsilon_and_writes_privacy_json(tiny, tmp_path)
     assert lines[-1]["split"] == "test" and 0 <= lines[-1]["auroc"] <= 1
 
 
+@pytest.mark.slow  # a step of the VAE task, end to end
 def test_the_vae_task_takes_private_steps(tiny):  # the RNN's: the noise test above
     config = _private(tiny("ct_vae", image_shape=(16, 16)), noise_multiplier=1.0,
                       microbatch_size=8)  # fmt: skip

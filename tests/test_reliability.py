@@ -4,6 +4,7 @@ checkpoints, a metrics line cut short. Killed and preempted runs: test_crash_res
 import dataclasses
 import json
 import os
+import pathlib
 
 import jax.numpy as jnp
 import numpy as np
@@ -72,34 +73,36 @@ def test_nonfinite_loss_skips_the_update_when_asked(tiny_config, tmp_path, monke
 
 
 @pytest.mark.slow
-def test_resuming_with_a_config_that_changes_results_is_refused(tiny_config, tmp_path):
-    train.train_and_evaluate(tiny_config, str(tmp_path))
-    before = {name: (tmp_path / name).read_bytes() for name in ("config.json", "metrics.jsonl")}
+def test_resuming_with_a_config_that_changes_results_is_refused(finished_tiny_run):
+    config, workdir = finished_tiny_run[:2]
+    config.explain.num_examples = 0  # result-neutral, and quicker to evaluate
+    names = ("config.json", "metrics.jsonl")
+    before = {name: pathlib.Path(workdir, name).read_bytes() for name in names}
 
-    changed = tiny_config.copy_and_resolve_references()
+    changed = config.copy_and_resolve_references()
     changed.optimizer.learning_rate = 0.01
     changed.data.seed = 1
     with pytest.raises(ConfigError) as refused:
-        train.train_and_evaluate(changed, str(tmp_path))
+        train.train_and_evaluate(changed, workdir)
     message = str(refused.value)
     assert "data.seed: 0 -> 1; optimizer.learning_rate: 0.003 -> 0.01; the data (fingerprint" in (
         message
     )
     assert "--allow_config_change" in message
-    assert before == {name: (tmp_path / name).read_bytes() for name in before}
+    assert before == {name: pathlib.Path(workdir, name).read_bytes() for name in names}
 
-    neutral = tiny_config.copy_and_resolve_references()
+    neutral = config.copy_and_resolve_references()
     neutral.trainer.log_every_steps = 1  # changes no result
-    train.train_and_evaluate(neutral, str(tmp_path))
-    train.train_and_evaluate(changed, str(tmp_path), allow_config_change=True)
+    train.train_and_evaluate(neutral, workdir)
+    train.train_and_evaluate(changed, workdir, allow_config_change=True)
 
 
 @pytest.mark.slow
-def test_a_checkpoint_of_another_model_names_the_shapes(tiny_config, tmp_path):
-    train.train_and_evaluate(tiny_config, str(tmp_path))
-    tiny_config.model.width = 0.25
+def test_a_checkpoint_of_another_model_names_the_shapes(finished_tiny_run):
+    config, workdir = finished_tiny_run[:2]
+    config.model.width = 0.25
     with pytest.raises(ConfigError) as refused:
-        train.train_and_evaluate(tiny_config, str(tmp_path), allow_config_change=True)
+        train.train_and_evaluate(config, workdir, allow_config_change=True)
     message = str(refused.value)
     assert "holds a different model: params/head/kernel: checkpoint (64, 2), config (128, 2)" in (
         message
