@@ -142,8 +142,11 @@ def test_ct_cnn3d_end_to_end(tiny, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_a_crash_is_exact(tiny_config, tmp_path, monkeypatch):
-    tiny_config.model.dropout_rate = 0.3  # randomness in the step must resume exactly too
+def test_resume_after_a_crash_is_exact(tiny, tmp_path, monkeypatch):
+    # The ICU task here (the image task: test_crash_resume.py), with randomness in the step,
+    # which must resume exactly too.
+    tiny_config = tiny("ehr_rnn")
+    tiny_config.model.dropout_rate = 0.3
     straight = str(tmp_path / "straight")
     expected = train.train_and_evaluate(tiny_config, straight)
 
@@ -247,7 +250,8 @@ def test_ema_follows_its_closed_form(tiny):
 
 
 @pytest.mark.slow
-def test_ema_run_evaluates_and_resumes_the_average(tiny_config, tmp_path):
+def test_ema_run_evaluates_and_resumes_the_average(tiny, tmp_path):
+    tiny_config = tiny("ehr_rnn")  # the average does not depend on the model
     tiny_config.trainer.ema_decay = 0.9
     train.train_and_evaluate(tiny_config, str(tmp_path))
     state, progress = _latest_params(str(tmp_path), tiny_config)
