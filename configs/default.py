@@ -102,7 +102,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Evaluation of binary tasks: a threshold chosen on val, then applied to the evaluated split.
     config.evaluation = evaluation = ml_collections.ConfigDict()
-    evaluation.operating_point = "youden"  # youden (max Se + Sp - 1) or sensitivity (a target)
+    evaluation.operating_point = "youden"  # youden (max Se + Sp - 1), sensitivity (a target)
+    # or min_se_ppv (max min(Se, PPV)); min_se_ppv is reported at its own val threshold anyway
     evaluation.target_sensitivity = 0.9  # operating_point=sensitivity: val sensitivity >= this
 
     # Differentially private training (DP-SGD, medjax/privacy.py): Poisson-sampled batches of

@@ -84,10 +84,12 @@ def test_ehr_rnn_end_to_end(tiny, tmp_path):
     config = tiny("ehr_rnn")
     config.explain.update(num_examples=2, ig_steps=4)
     metrics = train.train_and_evaluate(config, str(tmp_path))
-    assert 0 <= metrics["auroc"] <= 1 and 0 <= metrics["min_se_ppv"] <= 1
+    assert 0 <= metrics["auroc"] <= 1 and 0 <= metrics["min_se_ppv_oracle"] <= 1
     with open(tmp_path / "metrics.jsonl") as f:
         test = [json.loads(line) for line in f][-1]
     assert test["split"] == "test" and test["auroc_low"] <= test["auroc_high"]
+    # The challenge's score at val's threshold can reach the test split's oracle, not pass it.
+    assert 0 <= test["min_se_ppv"] <= test["min_se_ppv_oracle"] and "min_se_ppv_threshold" in test
     assert test["temperature"] > 0 and "operating_sensitivity_low" in test
     assert (tmp_path / "plots" / "calibration.png").stat().st_size > 0
     with open(tmp_path / "predictions" / "test.csv") as f:

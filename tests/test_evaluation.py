@@ -29,7 +29,27 @@ def _brute_force_youden(labels, scores):
     return best
 
 
+def _brute_force_min_se_ppv(labels, scores):
+    """(the highest threshold of the maximum, the maximum) of min(Se, PPV) over the scores."""
+    best, best_score = None, -np.inf
+    for t in np.unique(scores)[::-1]:
+        called = scores >= t
+        score = min(called[labels == 1].mean(), labels[called].mean())
+        if score > best_score + 1e-12:
+            best, best_score = t, score
+    return best, best_score
+
+
 class TestOperatingPoint:
+    def test_min_se_ppv_is_the_brute_force_maximum_and_the_oracle_its_value(self):
+        labels, scores = _cohort(400, 4)
+        scores = np.round(scores, 1)  # ties
+        threshold, score = _brute_force_min_se_ppv(labels, scores)
+        assert operating_point.choose_threshold(labels, scores, "min_se_ppv", 0.9) == threshold
+        assert metrics.min_sensitivity_ppv_oracle(labels, scores) == pytest.approx(score)
+        precision, recall, _ = sk_metrics.precision_recall_curve(labels, scores)
+        assert score == pytest.approx(np.max(np.minimum(precision, recall)))
+
     def test_youden_is_the_brute_force_maximum(self):
         labels, scores = _cohort(400, 0)
         scores = np.round(scores, 1)  # ties
@@ -122,6 +142,13 @@ def test_binary_evaluation_fits_on_val_and_applies_to_the_evaluated_split(tmp_pa
         assert values[f"operating_{name}"] == value
         low, high = intervals[f"operating_{name}"]
         assert low <= value <= high, name
+    # The challenge's score: min(Se, PPV) on test at the threshold that maximises it on val,
+    # below the oracle's maximum on test itself.
+    challenge, _ = _brute_force_min_se_ppv(*val)
+    at_challenge = operating_point.at_threshold(*test, challenge)
+    assert values["min_se_ppv_threshold"] == challenge
+    assert values["min_se_ppv"] == min(at_challenge["sensitivity"], at_challenge["ppv"])
+    assert values["min_se_ppv"] < metrics.min_sensitivity_ppv_oracle(*test)
     assert values["temperature"] == calibration.fit_temperature(*val).temperature
     assert values["calibrated_ece"] < 0.05
     assert tmp_path.joinpath("calibration.png").stat().st_size > 0

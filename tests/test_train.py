@@ -73,6 +73,7 @@ def test_ct_cnn_end_to_end_writes_the_workdir_contract(finished_tiny_run):
     assert test["temperature"] > 0 and test["calibrated_ece_low"] <= test["calibrated_ece_high"]
     assert test["ece_low"] <= test["ece"] <= test["ece_high"]
     assert "## Operating point" in report and "T = " in report
+    assert f"maximises it on val: {test['min_se_ppv']:.4f}." in report
     for name in ("calibration", "curves", *EXPLANATIONS):
         assert os.path.getsize(os.path.join(workdir, "plots", f"{name}.png")) > 0
         assert f"(plots/{name}.png)" in report

@@ -129,6 +129,8 @@ def _operating_point(config, split, binary, binary_intervals, fitted_on) -> list
     evaluation = config.evaluation
     if evaluation.operating_point == "youden":
         rule = "the maximum of Youden's J (sensitivity + specificity - 1)"
+    elif evaluation.operating_point == "min_se_ppv":
+        rule = "the maximum of min(sensitivity, PPV)"
     else:
         rule = f"the highest threshold with sensitivity >= {evaluation.target_sensitivity:g}"
     threshold = binary["operating_threshold"]
@@ -145,6 +147,9 @@ def _operating_point(config, split, binary, binary_intervals, fitted_on) -> list
         "at or above it.",
         "",
         *_table(["metric", split, "95% interval"], rows),
+        "",
+        f"PhysioNet 2012's score, min(sensitivity, PPV) at the threshold that maximises it on "
+        f"val: {binary['min_se_ppv']:.4f}.",
     ]
 
 

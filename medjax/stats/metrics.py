@@ -154,11 +154,10 @@ def average_precision(labels, scores) -> float:
     return float(-np.sum(np.diff(recall) * precision[:-1]))
 
 
-def min_sensitivity_ppv(labels, scores) -> float:
-    """PhysioNet 2012's event-1 score, min(Se, +P), at the threshold where it is highest.
-
-    A threshold-free summary like AUROC (no threshold is fitted to the data it reports on); nan
-    without positives.
+def min_sensitivity_ppv_oracle(labels, scores) -> float:
+    """min(Se, +P) at the threshold where it is highest on these very labels: an oracle, which
+    no PhysioNet 2012 entrant had (the challenge's score fixes the threshold on other data:
+    `operating_point.choose_threshold(..., "min_se_ppv")`). nan without positives.
     """
     precision, recall, _ = precision_recall_curve(labels, scores)
     if np.isnan(recall).all():

@@ -2,8 +2,10 @@
 to the split that is reported (never chosen on it).
 
 `youden` maximises Youden's J = sensitivity + specificity - 1; `sensitivity` takes the highest
-threshold whose validation sensitivity reaches a target (screening: miss at most 1 - target).
-A case is called positive iff its score >= the threshold.
+threshold whose validation sensitivity reaches a target (screening: miss at most 1 - target);
+`min_se_ppv` maximises min(sensitivity, PPV), PhysioNet 2012's event-1 score, as an entrant who
+could not see the test set had to. Of equal optima, the highest threshold. A case is called
+positive iff its score >= the threshold.
 """
 
 import numpy as np
@@ -11,7 +13,7 @@ import numpy as np
 from medjax.errors import ConfigError
 from medjax.stats import metrics
 
-METHODS = ("youden", "sensitivity")
+METHODS = ("youden", "sensitivity", "min_se_ppv")
 
 
 def check(method: str, target_sensitivity: float) -> None:
@@ -25,6 +27,10 @@ def check(method: str, target_sensitivity: float) -> None:
 def choose_threshold(labels, scores, method: str, target_sensitivity: float) -> float:
     """The threshold on `scores` that `method` picks on these (validation) labels."""
     check(method, target_sensitivity)
+    if method == "min_se_ppv":
+        precision, recall, thresholds = metrics.precision_recall_curve(labels, scores)
+        score = np.minimum(precision, recall)[:-1]  # thresholds ascend; the last point has none
+        return float(thresholds[len(score) - 1 - np.argmax(score[::-1])])
     fpr, tpr, thresholds = metrics.roc_curve(labels, scores)  # thresholds descend from +inf
     if method == "youden":
         best = 1 + np.argmax((tpr - fpr)[1:])  # the first (highest) threshold of the maximum

@@ -37,7 +37,8 @@ def binary_evaluation(
 ) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
     """The operating point and calibration of binary scores, fitted on `val` and applied to
     `evaluated` (each a (labels, scores) pair). Returns (values, 95% intervals), named as in
-    metrics.jsonl: `operating_threshold` and `operating_<metric>`; `calibrated_ece` and
+    metrics.jsonl: `operating_threshold` and `operating_<metric>`; `min_se_ppv` (min(Se, PPV)
+    at `min_se_ppv_threshold`, the threshold that maximises it on val); `calibrated_ece` and
     `calibrated_brier` after temperature scaling (log-odds) or Platt scaling (other scores),
     with `temperature` or `platt_scale` / `platt_offset`. Writes the reliability diagram."""
     labels, scores = evaluated
@@ -51,6 +52,11 @@ def binary_evaluation(
     }
     found = bootstrap.intervals(labels, scores, threshold=threshold)
     intervals = {f"operating_{k}": found[k] for k in bootstrap.THRESHOLD_METRICS if k in found}
+    # PhysioNet 2012's score as the challenge ranked entrants: its threshold chosen on val.
+    challenge = operating_point.choose_threshold(*val, "min_se_ppv", 1.0)
+    at_challenge = operating_point.at_threshold(labels, scores, challenge)
+    values["min_se_ppv_threshold"] = challenge
+    values["min_se_ppv"] = min(at_challenge["sensitivity"], at_challenge["ppv"])
 
     calibrator = (calibration.fit_temperature if log_odds else calibration.fit_platt)(*val)
     if log_odds:
