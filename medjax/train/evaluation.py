@@ -56,7 +56,7 @@ def binary_evaluation(
     challenge = operating_point.choose_threshold(*val, "min_se_ppv", 1.0)
     at_challenge = operating_point.at_threshold(labels, scores, challenge)
     values["min_se_ppv_threshold"] = challenge
-    values["min_se_ppv"] = min(at_challenge["sensitivity"], at_challenge["ppv"])
+    values["min_se_ppv"] = float(np.minimum(at_challenge["sensitivity"], at_challenge["ppv"]))
 
     calibrator = (calibration.fit_temperature if log_odds else calibration.fit_platt)(*val)
     if log_odds:
