@@ -8,13 +8,13 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from medjax import explain, losses, privacy
+from medjax import explain, losses
 from medjax.data import icu_series, physionet2012, pipeline
 from medjax.errors import ConfigError
 from medjax.models import rnn
 from medjax.stats import metrics, subgroups
 from medjax.tasks import scoring
-from medjax.tasks.task import Task, compute_dtype, fingerprint
+from medjax.tasks.task import Task, compute_dtype, config_train_batches, fingerprint
 
 INPUTS = ("values", "mask", "delta", "lengths", "static")
 CLASS_NAMES = ("survived", "in-hospital death")
@@ -98,17 +98,7 @@ def train_batches(config, dataset, start_step: int):
         del seed  # no augmentation
         return {k: tf.gather(v, index) for k, v in data.items()}
 
-    return pipeline.train_batches(
-        labels,
-        load,
-        global_batch_size=config.trainer.batch_size,
-        seed=config.seed,
-        start_step=start_step,
-        balanced=config.data.balanced_sampling,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        poisson_max_size=privacy.poisson_max_size(config, len(labels)),
-    )
+    return config_train_batches(config, labels, load, start_step)
 
 
 def eval_batches(config, dataset, split: str):

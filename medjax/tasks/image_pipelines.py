@@ -8,10 +8,9 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from medjax import privacy
 from medjax.data import pipeline, transforms
 from medjax.data.dataset import SPLITS
-from medjax.tasks.task import fingerprint
+from medjax.tasks.task import config_train_batches, fingerprint
 
 
 def image_split_sizes(dataset, *, normal_only: bool = False) -> dict[str, int]:
@@ -67,17 +66,7 @@ def train_batches(config, dataset, start_step: int, *, normal_only: bool = False
             )
         return {"image": model_input(image, dataset, data), "label": tf.gather(labels, index)}
 
-    return pipeline.train_batches(
-        train_labels,
-        load,
-        global_batch_size=config.trainer.batch_size,
-        seed=config.seed,
-        start_step=start_step,
-        balanced=data.balanced_sampling,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        poisson_max_size=privacy.poisson_max_size(config, len(train_labels)),
-    )
+    return config_train_batches(config, train_labels, load, start_step)
 
 
 def eval_batches(config, dataset, split: str):

@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from medjax import privacy
+from medjax.data import pipeline
 from medjax.errors import ConfigError
 
 Batch = dict[str, np.ndarray]
@@ -80,6 +82,22 @@ class Task:
     subgroups: Callable[[str], dict[str, np.ndarray]] | None = None
     explain: Callable[..., list[str]] | None = None
     rng_streams: tuple[str, ...] = ("dropout",)
+
+
+def config_train_batches(config: ml_collections.ConfigDict, labels, load, start_step: int):
+    """This process's training batches of `load` from step `start_step` on, as the trainer
+    config asks: batch size, seed, balanced sampling, DP-SGD's Poisson padding (see pipeline)."""
+    return pipeline.train_batches(
+        labels,
+        load,
+        global_batch_size=config.trainer.batch_size,
+        seed=config.seed,
+        start_step=start_step,
+        balanced=config.data.balanced_sampling,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        poisson_max_size=privacy.poisson_max_size(config, len(labels)),
+    )
 
 
 def fingerprint(arrays: dict[str, np.ndarray]) -> str:
