@@ -42,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
     opt.grad_clip_norm = 1.0  # clip by global norm; 0: no clipping
 
     config.model = model = ml_collections.ConfigDict()
-    model.name = "resnet18"  # medjax.models.cnn.MODELS or, for ehr, medjax.models.rnn.MODELS
+    model.name = "resnet18"  # medjax.models.cnn.MODELS or, for ehr, medjax.tasks.ehr.MODELS
     model.dropout_rate = 0.0  # before the classifier (and between recurrent layers)
     model.width = 1.0  # cnn: channel multiplier on 64/128/256/512
     model.norm = "batch"  # cnn: batch or group
@@ -51,6 +51,9 @@ def get_config() -> ml_collections.ConfigDict:
     model.num_layers = 1  # rnn: stacked layers
     model.bidirectional = False  # rnn: gru and lstm only
     model.pooling = "last"  # rnn: last (valid step), mean or attention
+    model.num_reference = 48  # mtan: reference times of the time attention
+    model.num_heads = 1  # mtan: attention heads
+    model.time_features = 32  # mtan: size of the learned time embedding
     model.latent_size = 32  # vae
     model.vae_widths = (32, 64)  # vae: encoder widths, one stride-2 stage each
     model.likelihood = "bernoulli"  # vae: bernoulli, gaussian_fixed or gaussian_learned

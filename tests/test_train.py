@@ -146,10 +146,10 @@ def test_ct_cnn3d_end_to_end(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_resume_after_a_crash_is_exact(tiny, tmp_path, monkeypatch):
-    # The ICU task here (the image task: test_crash_resume.py), with randomness in the step,
-    # which must resume exactly too.
+    # The ICU task's attention model here (the image task: test_crash_resume.py; GRU-D: the
+    # ICU end-to-end test), with randomness in the step, which must resume exactly too.
     tiny_config = tiny("ehr_rnn")
-    tiny_config.model.dropout_rate = 0.3
+    tiny_config.model.update(name="mtan", dropout_rate=0.3, num_reference=8, time_features=8)
     straight = str(tmp_path / "straight")
     expected = train.train_and_evaluate(tiny_config, straight)
 

@@ -1,4 +1,4 @@
-"""Risk prediction from ICU time series (in-hospital death) with GRU, LSTM or GRU-D."""
+"""Risk prediction from ICU time series (in-hospital death) with GRU, LSTM, GRU-D or mTAN."""
 
 import functools
 
@@ -11,12 +11,13 @@ import tensorflow as tf
 from medjax import explain, losses
 from medjax.data import icu_series, physionet2012, pipeline
 from medjax.errors import ConfigError
-from medjax.models import rnn
+from medjax.models import attention, rnn
 from medjax.stats import metrics, subgroups
 from medjax.tasks import scoring
 from medjax.tasks.task import Task, compute_dtype, config_train_batches, fingerprint
 
 INPUTS = ("values", "mask", "delta", "lengths", "static")
+MODELS = (*rnn.MODELS, "mtan")
 CLASS_NAMES = ("survived", "in-hospital death")
 
 
@@ -44,9 +45,7 @@ def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict
         prediction_table=lambda split, gathered: scoring.prediction_table(
             gathered, dataset.splits[split]["ids"]
         ),
-        description=f"{dataset.description}; model {model_config.name} "
-        f"(hidden {model_config.hidden_size}, {model_config.num_layers} layer(s), "
-        f"{model_config.pooling} pooling)",
+        description=f"{dataset.description}; {_describe(model_config)}",
         selection_metrics=("auroc", "auprc", "min_se_ppv_oracle", "loss", "ece", "brier"),
         split_sizes=lambda: {split: len(a["labels"]) for split, a in dataset.splits.items()},
         data_fingerprint=lambda: fingerprint(
@@ -66,6 +65,22 @@ def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict
 
 def _model(config: ml_collections.ConfigDict):
     model_config = config.model
+    if model_config.name == "mtan":
+        if config.loss.per_step_weight:
+            raise ConfigError(
+                "loss.per_step_weight needs a model with per-step outputs (gru, lstm, gru_d); "
+                "mtan predicts once per stay: set loss.per_step_weight=0"
+            )
+        return attention.MTANClassifier(
+            hidden_size=model_config.hidden_size,
+            num_reference=model_config.num_reference,
+            num_heads=model_config.num_heads,
+            time_features=model_config.time_features,
+            dropout_rate=model_config.dropout_rate,
+            dtype=compute_dtype(config),
+        )
+    if model_config.name not in MODELS:
+        raise ConfigError(f"unknown model {model_config.name!r}; valid names: {', '.join(MODELS)}")
     try:
         return rnn.create_model(
             model_config.name,
@@ -78,6 +93,16 @@ def _model(config: ml_collections.ConfigDict):
         )
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
+
+
+def _describe(model_config) -> str:
+    m = model_config
+    if m.name == "mtan":
+        return (
+            f"model mtan ({m.num_reference} reference times, {m.num_heads} head(s), time "
+            f"embedding {m.time_features}, GRU hidden {m.hidden_size})"
+        )
+    return f"model {m.name} (hidden {m.hidden_size}, {m.num_layers} layer(s), {m.pooling} pooling)"
 
 
 def model_inputs(batch):
