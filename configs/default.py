@@ -99,9 +99,10 @@ def get_config() -> ml_collections.ConfigDict:
     data.hours = 48.0  # the first hours of the stay
     data.step_hours = 1.0  # grid step
     data.imputation = "zero"  # zero (= training mean, with mask and delta) or forward_fill
-    data.test_set = "a"  # physionet2012: a (held-out part of set A) or b / c (a whole set)
-    data.test_fraction = 0.2  # physionet2012 (test_set a): of set A; ct_folder: of patients
-    data.val_fraction = 0.15  # physionet2012: of set A; ct_folder: of patients (no split column)
+    data.train_sets = "a"  # physionet2012: the sets trained on, comma-separated (a,b): their union
+    data.test_set = ""  # physionet2012: "" (a held-out part of train_sets) or a whole set a/b/c
+    data.test_fraction = 0.2  # of train_sets (physionet2012, test_set ""); ct_folder: of patients
+    data.val_fraction = 0.15  # of train_sets (physionet2012); ct_folder: of patients (no split col)
 
     # Evaluation of binary tasks: a threshold chosen on val, then applied to the evaluated split.
     config.evaluation = evaluation = ml_collections.ConfigDict()

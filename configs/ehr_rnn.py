@@ -5,7 +5,8 @@
 Variants: `--config.model.name=gru` or `lstm` (GRU-Simple: values, mask and time since last
 observation as inputs), `--config.data.imputation=forward_fill`. Real data:
 `--config.data.name=physionet2012 --config.data.dir=DIR` (DIR holds set-a.tar.gz or set-a/ and
-Outcomes-a.txt; `--config.data.test_set=c` tests on the whole of set C).
+Outcomes-a.txt; `--config.data.train_sets=a,b` trains on sets A and B, `--config.data.test_set=c`
+tests on the whole of set C rather than on a held-out part of the training sets).
 """
 
 from configs import default

@@ -71,7 +71,7 @@ def test_bad_fold_settings_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="MedMNIST's official split is the only one"):
         image_dataset(config.data)
     config.data.update(name="physionet2012", test_set="c")
-    with pytest.raises(ConfigError, match="cross-validates within set A, but data.test_set='c'"):
+    with pytest.raises(ConfigError, match="cross-validates over data.train_sets='a', each fold"):
         icu_series.load(config.data)
 
 

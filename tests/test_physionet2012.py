@@ -1,4 +1,5 @@
 import os
+import re
 import tarfile
 
 import numpy as np
@@ -52,18 +53,18 @@ RECORD_5 = """Time,Parameter,Value
 00:00,Age,40
 00:10,HR,60
 """
-OUTCOMES = """RecordID,SAPS-I,SOFA,Length_of_stay,Survival,In-hospital_death
-100001,6,1,5,-1,0
-100002,16,8,8,3,1
-100003,-1,-1,-1,-1,0
-100004,-1,-1,-1,-1,0
-"""
+OUTCOMES_HEADER = "RecordID,SAPS-I,SOFA,Length_of_stay,Survival,In-hospital_death\n"
+OUTCOMES = OUTCOMES_HEADER + "100001,6,1,5,-1,0\n100002,16,8,8,3,1\n100003,-1,-1,-1,-1,0\n"
 FILES = {
     "100001.txt": RECORD_1,
     "100002.txt": RECORD_2,
-    "100003.txt": "Time,Parameter,Value\n",  # no data, like the four empty ids of set A
-    "100005.txt": RECORD_5,  # no outcome row
-}  # 100004 has an outcome row but no file
+    "100003.txt": "Time,Parameter,Value\n",  # no data: left out
+}
+
+
+def outcome_file(labels: dict) -> str:
+    """The text of an Outcomes-x.txt giving each RecordID its label (in-hospital death)."""
+    return OUTCOMES_HEADER + "".join(f"{i},-1,-1,-1,-1,{y}\n" for i, y in labels.items())
 
 
 def write_set(directory, *, files=FILES, outcomes=OUTCOMES, tarball=False, set_name="a"):
@@ -104,12 +105,9 @@ class TestReadSet:
         assert [r.record_id for r in records] == [100001, 100002]
         np.testing.assert_array_equal(labels, [0, 1])
         assert labels.dtype == np.int32
-        assert stats["record_files"] == 4 and stats["empty_records"] == 1
+        assert stats["record_files"] == 3 and stats["empty_records"] == 1
+        assert stats["empty_records_ids"] == [100003]
         assert stats["records"] == 2 and stats["deaths"] == 1
-        assert stats["records_without_outcome"] == 1
-        assert stats["records_without_outcome_ids"] == [100005]
-        assert stats["outcomes_without_record"] == 2
-        assert stats["outcomes_without_record_ids"] == [100003, 100004]
         assert stats["empty_parameter_lines"] == 2
         assert stats["unknown_values_dropped"] == 1  # Temp -1 (descriptor -1s become NaN)
         assert stats["placeholders_dropped"] == {"Temp": 1, "Weight": 1}
@@ -166,18 +164,18 @@ class TestReadSet:
         np.testing.assert_array_equal(tar_labels, folder_labels)
         assert tar_stats == folder_stats
 
-    def test_missing_file_and_header_only_file_are_alike(self, tmp_path):
-        files = dict(FILES, **{"100004.txt": "Time,Parameter,Value\n"})
-        records, _, stats = pn.read_set(write_set(tmp_path, files=files), "a")
+    def test_empty_file_and_header_only_file_are_alike(self, tmp_path):
+        files = dict(FILES, **{"100004.txt": ""})
+        outcomes = OUTCOMES + "100004,-1,-1,-1,-1,1\n"
+        records, _, stats = pn.read_set(write_set(tmp_path, files=files, outcomes=outcomes), "a")
         assert [r.record_id for r in records] == [100001, 100002]
-        assert stats["empty_records"] == 2 and stats["outcomes_without_record"] == 2
+        assert stats["empty_records"] == 2 and stats["empty_records_ids"] == [100003, 100004]
 
     def test_logs_the_quirks(self, fixture_set, caplog):
         with caplog.at_level("INFO"):
             pn.read_set(fixture_set, "a")
         text = caplog.text
-        assert "1 records have no row in Outcomes-a.txt and are left out: 100005" in text
-        assert "2 outcome rows have no record with data" in text and "100003, 100004" in text
+        assert "1 record files hold no data and are left out: 100003" in text
         assert "2 lines with an empty Parameter skipped" in text
 
 
@@ -200,6 +198,23 @@ class TestBadInput:
         with pytest.raises(ConfigError, match="Outcomes-a.txt is missing.*expected it at"):
             pn.read_set(str(tmp_path), "a")
 
+    @pytest.mark.parametrize(
+        "extra_file,extra_row,problem",
+        [
+            (True, False, r"1 record file\(s\) without an outcome row \(100005\)"),
+            (False, True, r"1 outcome row\(s\) without a record file \(100004\)"),
+            (True, True, r"1 record file\(s\) without .*100005\) and 1 outcome row\(s\) without"),
+        ],
+    )
+    def test_outcomes_must_match_the_records(self, tmp_path, extra_file, extra_row, problem):
+        files = dict(FILES, **{"100005.txt": RECORD_5}) if extra_file else FILES
+        outcomes = OUTCOMES + "100004,-1,-1,-1,-1,1\n" if extra_row else OUTCOMES
+        write_set(tmp_path, files=files, outcomes=outcomes)
+        with pytest.raises(ConfigError) as error:
+            pn.read_set(str(tmp_path), "a")
+        assert re.match(rf"Outcomes-a.txt does not match set-a: {problem}", str(error.value))
+        assert "the outcome file must be the one distributed with set a" in str(error.value)
+
     def test_outcomes_without_label_column(self, tmp_path):
         write_set(tmp_path, outcomes="RecordID,SAPS-I,SOFA\n100001,6,1\n")
         with pytest.raises(ConfigError, match="lacks the RecordID or In-hospital_death column"):
@@ -207,7 +222,7 @@ class TestBadInput:
 
     def test_bad_outcome_row(self, tmp_path):
         write_set(tmp_path, outcomes=OUTCOMES + "100009,1,1,1,1,2\n")
-        with pytest.raises(ConfigError, match=r"Outcomes-a.txt line 6: .*In-hospital_death 0 or 1"):
+        with pytest.raises(ConfigError, match=r"Outcomes-a.txt line 5: .*In-hospital_death 0 or 1"):
             pn.read_set(str(tmp_path), "a")
 
     def test_no_record_files(self, tmp_path):
@@ -320,7 +335,7 @@ class TestToGrid:
         # Times parsed from HH:MM are float32; each must land in its own 10-minute bin.
         lines = [f"{m // 60:02d}:{m % 60:02d},Urine,{m}" for m in range(0, 48 * 60, 10)]
         text = "Time,Parameter,Value\n00:00,RecordID,100005\n" + "\n".join(lines) + "\n"
-        write_set(tmp_path, files={"100005.txt": text}, outcomes=OUTCOMES + "100005,1,1,1,1,1\n")
+        write_set(tmp_path, files={"100005.txt": text}, outcomes=outcome_file({100005: 1}))
         records, labels, _ = pn.read_set(str(tmp_path), "a")
         grid = time_grid.to_grid(records, step_hours=1 / 6)
         assert grid["mask"].shape == (1, 288, 37)
@@ -411,7 +426,6 @@ class TestRealSets:
         assert len(records) == len(labels) == stats["records"] == 4000
         assert int(labels.sum()) == stats["deaths"] == 554
         assert stats["record_files"] == 4000 and stats["empty_records"] == 0
-        assert stats["records_without_outcome"] == 0 and stats["outcomes_without_record_ids"] == []
         assert stats["empty_parameter_lines"] == 0 and stats["unknown_parameters"] == {}
         assert stats["unknown_values_dropped"] == 0
         assert stats["placeholders_dropped"] == {"Temp": 63, "Weight": 184}
@@ -444,6 +458,6 @@ class TestRealSets:
         # README: 4000 ICU stays, 568 in-hospital deaths.
         assert len(records) == len(labels) == stats["records"] == 4000
         assert int(labels.sum()) == stats["deaths"] == 568
-        assert stats["outcomes_without_record_ids"] == stats["records_without_outcome_ids"] == []
+        assert stats["record_files"] == 4000 and stats["empty_records"] == 0
         assert stats["unknown_descriptors"]["ICUType"] == 0
         assert records[0].record_id == 142675

@@ -1,13 +1,16 @@
 """Non-sequential reference models on the splits the RNN configs use: how high can AUROC go?
 
   python experiments/physionet2012/baselines.py --data_dir=../shared/data/physionet2012 \
-      --seeds=0,1,2
+      --seeds=0,1,2 [--train_sets=a --test_set=b | --train_sets=a,b --folds=5]
 
-For each split seed (config.data.seed of configs/ehr_physionet.py) it loads the same train/val/
-test split with the same training-only normalisation, summarises each stay per variable (mean,
-min, max, first and last value, log count of observations) plus the static descriptors, and fits
-logistic regression and gradient-boosted trees (scikit-learn: `pip install -e '.[experiments]'`)
-on training stays only. It prints val and test AUROC per seed and their means.
+For each split seed (config.data.seed of configs/ehr_physionet.py), or with --folds=K for each
+fold of K-fold cross-validation over the training sets (seeded by the first of --seeds), it
+loads the same train/val/test split with the same training-only normalisation as the RNNs
+(--train_sets and --test_set are config.data.train_sets and test_set), summarises each stay per
+variable (mean, min, max, first and last value, log count of observations) plus the static
+descriptors, and fits logistic regression and gradient-boosted trees (scikit-learn: `pip install
+-e '.[experiments]'`) on training stays only. It prints val and test AUROC per split, and their
+means with the test AUROC's standard deviation (ddof=1) over the splits.
 """
 
 import numpy as np
@@ -19,8 +22,11 @@ from configs import ehr_physionet
 from medjax.data import icu_series
 from medjax.stats import metrics
 
-flags.DEFINE_string("data_dir", None, "Folder with set-a.tar.gz (or set-a/) and Outcomes-a.txt.")
+flags.DEFINE_string("data_dir", None, "Folder with set-x.tar.gz (or set-x/) and Outcomes-x.txt.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Split seeds (config.data.seed).")
+flags.DEFINE_string("train_sets", "a", "config.data.train_sets: the sets trained on, e.g. a,b.")
+flags.DEFINE_string("test_set", "", "config.data.test_set: '' (a held-out part) or a, b, c.")
+flags.DEFINE_integer("folds", 0, "K >= 2: K-fold cross-validation over --train_sets instead.")
 FLAGS = flags.FLAGS
 
 MODELS = {
@@ -47,13 +53,29 @@ def summary_features(split: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate([mean, low, high, first, last, np.log1p(count), split["static"]], 1)
 
 
+def splits_to_evaluate() -> list[tuple[str, dict]]:
+    """(name, config.data overrides) of each split: the split seeds, or the folds."""
+    if FLAGS.folds:
+        seed = int(FLAGS.seeds[0])
+        return [
+            (f"fold {k}", dict(num_folds=FLAGS.folds, fold=k, seed=seed))
+            for k in range(FLAGS.folds)
+        ]
+    return [(f"seed {seed}", dict(seed=int(seed))) for seed in FLAGS.seeds]
+
+
 def main(argv):
     del argv
     results = {name: [] for name in MODELS}
-    for seed in map(int, FLAGS.seeds):
+    runs = splits_to_evaluate()
+    for run, overrides in runs:
         config = ehr_physionet.get_config()
-        config.data.dir, config.data.seed = FLAGS.data_dir, seed
-        splits = icu_series.load(config.data).splits
+        config.data.update(
+            dir=FLAGS.data_dir, train_sets=FLAGS.train_sets, test_set=FLAGS.test_set, **overrides
+        )
+        data = icu_series.load(config.data)
+        print(f"{run}: {data.description}")
+        splits = data.splits
         features = {name: summary_features(split) for name, split in splits.items()}
         for name, make in MODELS.items():
             model = make().fit(features["train"], splits["train"]["labels"])
@@ -62,10 +84,12 @@ def main(argv):
                 for s in ("val", "test")
             )
             results[name].append((val, test))
-            print(f"seed {seed} {name}: val AUROC {val:.3f}, test AUROC {test:.3f}")
+            print(f"{run} {name}: val AUROC {val:.3f}, test AUROC {test:.3f}")
     for name, pairs in results.items():
-        val, test = np.mean(pairs, axis=0)
-        print(f"mean over seeds {','.join(FLAGS.seeds)}, {name}: val {val:.3f}, test {test:.3f}")
+        val, test = np.array(pairs).T
+        spread = f" ± {test.std(ddof=1):.3f} (sd)" if len(test) > 1 else ""
+        mean = f"val AUROC {val.mean():.3f}, test AUROC {test.mean():.3f}{spread}"
+        print(f"{name}, mean over {len(runs)} splits: {mean}")
 
 
 if __name__ == "__main__":

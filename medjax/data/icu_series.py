@@ -15,6 +15,7 @@ with `zero`.
 """
 
 import dataclasses
+import itertools
 
 import ml_collections
 import numpy as np
@@ -29,7 +30,6 @@ IMPUTATIONS = ("zero", "forward_fill")
 LOG_SCALE = ("ALP", "ALT", "AST", "Bilirubin", "BUN", "Creatinine", "Glucose", "Lactate",
              "TroponinI", "TroponinT", "Urine", "WBC")  # fmt: skip
 _LOG_SCALE = np.isin(physionet2012.VARIABLES, LOG_SCALE)
-TEST_SETS = ("a", "b", "c")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +84,7 @@ def _splits(data: ml_collections.ConfigDict):
             splits = _folds(records, labels, data)
         description = "synthetic ICU cohort"
     elif data.name == "physionet2012":
-        splits = _physionet_splits(data)
-        description = f"PhysioNet 2012 from {data.dir} (test: set {data.test_set})"
+        splits, description = _physionet_splits(data)
     else:
         raise ConfigError(
             f"unknown dataset data.name={data.name!r} for the ehr task; "
@@ -95,33 +94,79 @@ def _splits(data: ml_collections.ConfigDict):
 
 
 def _physionet_splits(data):
-    """Set A split into train, val and (test_set a) a held-out test part, stratified and
-    seeded by data.seed; or set A as train and val, and the whole of set b or c as test."""
-    if data.test_set not in TEST_SETS:
-        raise ConfigError(f"data.test_set={data.test_set!r}; valid: {', '.join(TEST_SETS)}")
+    """({split: (records, labels)}, a description): the union of the sets data.train_sets split
+    by stay (one stay per patient), stratified by label and seeded by data.seed, into val
+    (data.val_fraction), train and, when data.test_set is '', a held-out test part
+    (data.test_fraction); else the whole set data.test_set is test. With data.num_folds, K-fold
+    cross-validation over the union."""
+    train_sets = _physionet_sets(data)
     if not data.dir:
         raise ConfigError(
-            "data.name=physionet2012 needs --config.data.dir=DIR, a folder with set-a.tar.gz (or "
-            f"set-a/) and Outcomes-a.txt as distributed at {physionet2012.URL}"
+            "data.name=physionet2012 needs --config.data.dir=DIR, a folder with set-<x>.tar.gz "
+            "(or set-<x>/) and Outcomes-<x>.txt for each set x of data.train_sets and "
+            f"data.test_set, as distributed at {physionet2012.URL}"
         )
-    cross_validate = folds_enabled(data)
-    if cross_validate and data.test_set != "a":
-        raise ConfigError(
-            f"data.num_folds={data.num_folds} cross-validates within set A, but "
-            f"data.test_set={data.test_set!r} tests on a whole other set: use one or the other"
-        )
-    records, labels, _ = physionet2012.read_set(data.dir, "a")
-    if cross_validate:
-        return _folds(records, labels, data)
+    read = {s: physionet2012.read_set(data.dir, s)[:2] for s in (data.test_set, *train_sets) if s}
+    _check_disjoint(read)
+    stays = sorted(  # by RecordID: the order of the names in train_sets changes no split
+        (stay for s in train_sets for stay in zip(*read[s])), key=lambda stay: stay[0].record_id
+    )
+    records = [record for record, _ in stays]
+    labels = np.array([label for _, label in stays], np.int32)
+    names = f"set{'s' * (len(train_sets) > 1)} {'+'.join(train_sets)}"
+    description = f"PhysioNet 2012 {names} from {data.dir}"
+    if folds_enabled(data):
+        return _folds(records, labels, data), description
     rng = np.random.default_rng(data.seed)
-    held_out = data.test_fraction if data.test_set == "a" else 0.0
+    held_out = 0.0 if data.test_set else data.test_fraction
     parts = stratified_split(labels, (held_out, data.val_fraction), rng)
-    splits = {name: _take(records, labels, idx) for name, idx in zip(("test", "val"), parts)}
-    splits["train"] = _take(records, labels, parts[2])
-    if data.test_set != "a":
-        test_records, test_labels, _ = physionet2012.read_set(data.dir, data.test_set)
-        splits["test"] = (test_records, test_labels)
-    return splits
+    splits = {
+        name: _take(records, labels, idx) for name, idx in zip(("test", "val", "train"), parts)
+    }
+    if data.test_set:
+        splits["test"] = read[data.test_set]
+        return splits, description + f" (test: set {data.test_set})"
+    return splits, description + f" (test: held-out {data.test_fraction:.0%} of {names})"
+
+
+def _physionet_sets(data) -> list[str]:
+    """The names in data.train_sets, with data.test_set checked against them."""
+    train_sets = [s.strip() for s in data.train_sets.split(",")]
+    valid = ", ".join(physionet2012.SET_NAMES)
+    if len(set(train_sets) & set(physionet2012.SET_NAMES)) < len(train_sets):  # unknown, repeated
+        raise ConfigError(
+            f"data.train_sets={data.train_sets!r}: name one or more of the sets {valid}, each "
+            "once, comma-separated (e.g. a,b)"
+        )
+    if data.test_set not in ("", *physionet2012.SET_NAMES):
+        raise ConfigError(
+            f"data.test_set={data.test_set!r}; valid: '' (a held-out part of data.train_sets) "
+            f"or one of {valid} (that whole set)"
+        )
+    if data.test_set in train_sets:
+        raise ConfigError(
+            f"data.test_set={data.test_set!r} is also in data.train_sets={data.train_sets!r}: a "
+            "test set must be used for nothing else; drop it from train_sets or set test_set=''"
+        )
+    if data.test_set and folds_enabled(data):
+        raise ConfigError(
+            f"data.num_folds={data.num_folds} cross-validates over data.train_sets="
+            f"{data.train_sets!r}, each fold the test split in turn, but data.test_set="
+            f"{data.test_set!r} names a test set: set test_set='' or num_folds=0"
+        )
+    return train_sets
+
+
+def _check_disjoint(read) -> None:
+    """ConfigError if two of the sets read ({name: (records, labels)}) share a RecordID."""
+    for (x, (xs, _)), (y, (ys, _)) in itertools.combinations(read.items(), 2):
+        shared = sorted({r.record_id for r in xs} & {r.record_id for r in ys})
+        if shared:
+            raise ConfigError(
+                f"set-{x} and set-{y} share {len(shared)} RecordID(s) "
+                f"({physionet2012.few_ids(shared)}), but the challenge's sets are disjoint: "
+                f"put each set in data.dir as distributed at {physionet2012.URL}"
+            )
 
 
 def _folds(records, labels, data):

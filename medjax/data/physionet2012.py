@@ -7,12 +7,13 @@ challenge-2012/1.0.0/): `set-<x>.tar.gz` or the extracted folder `set-<x>/` of
 descriptors (Age, Gender, Height, ICUType, Weight) sit at 00:00; the first Weight at 00:00 is the
 descriptor, any later Weight line is the time-varying variable. -1 means unknown.
 
-Quirks handled, each counted in the `stats` of `read_set` and logged: records missing from the
-outcome file (excluded), outcome rows without a record (set A has four ids with no data: missing
-files or header-only files, treated alike), lines with an empty Parameter (skipped), -1 values
-(a NaN descriptor; a dropped observation), placeholders (below, dropped), a descriptor given twice
-(the first is kept), unknown parameter names (skipped), values outside PHYSIOLOGICAL_RANGES
-(clipped).
+Every record file must have a row in the outcome file and every row a record file: a mismatch
+means an outcome file from another set or copy, and stops the run (set A's four records with
+descriptors only are records). Quirks handled, each counted in the `stats` of `read_set` and
+logged: record files with no data at all (empty or a header only; left out), lines with an empty
+Parameter (skipped), -1 values (a NaN descriptor; a dropped observation), placeholders (below,
+dropped), a descriptor given twice (the first is kept), unknown parameter names (skipped), values
+outside PHYSIOLOGICAL_RANGES (clipped).
 
 Placeholders: no variable is legitimately negative, and a zero where the plausible range starts
 above zero (Weight 0 kg, Temp 0 C, pH 0, ...) is a "not measured" code rather than a measurement.
@@ -117,10 +118,10 @@ class Record:
 def read_set(directory: str, set_name: str) -> tuple[list[Record], np.ndarray, dict]:
     """Reads challenge set `set_name` ('a', 'b' or 'c') from the folder `directory`.
 
-    Returns (records sorted by id, labels int32 [N] in-hospital death, stats). Records without an
-    outcome row and record files without data are left out. `stats` holds counts: record_files,
-    empty_records, records, deaths, observations, records_without_outcome (+ _ids),
-    outcomes_without_record (+ _ids), empty_parameter_lines, unknown_values_dropped (-1),
+    Returns (records sorted by id, labels int32 [N] in-hospital death, stats). Record files
+    without data are left out; a record file without an outcome row, or an outcome row without a
+    record file, raises ConfigError. `stats` holds counts: record_files, empty_records (+ _ids),
+    records, deaths, observations, empty_parameter_lines, unknown_values_dropped (-1),
     placeholders_dropped (per variable), unknown_descriptors (records with NaN, per descriptor),
     repeated_descriptors, values_clipped (+ clipped_per_variable), unknown_parameters (per name).
     """
@@ -129,7 +130,7 @@ def read_set(directory: str, set_name: str) -> tuple[list[Record], np.ndarray, d
     outcomes = files.read_outcomes(directory, set_name)
     counts = collections.Counter()
     unknown_names, clipped, placeholders = (collections.Counter() for _ in range(3))
-    parsed, seen = {}, set()
+    parsed, empty, seen = {}, [], set()
     for display, record_id, text in files.record_texts(directory, set_name):
         if record_id in seen:
             raise ConfigError(
@@ -140,7 +141,7 @@ def read_set(directory: str, set_name: str) -> tuple[list[Record], np.ndarray, d
             text, display, record_id, counts, unknown_names, clipped, placeholders
         )
         if record is None:
-            counts["empty_records"] += 1
+            empty.append(record_id)
         else:
             parsed[record_id] = record
     if not seen:
@@ -149,30 +150,47 @@ def read_set(directory: str, set_name: str) -> tuple[list[Record], np.ndarray, d
             f"<RecordID>.txt (e.g. set-{set_name}/132539.txt); extract or download "
             f"set-{set_name}.tar.gz again from {URL}"
         )
-    ids = sorted(set(parsed) & set(outcomes))
-    records = [parsed[i] for i in ids]
-    labels = np.array([outcomes[i] for i in ids], np.int32)
-    stats = _stats(parsed, outcomes, records, labels, len(seen), counts, placeholders, clipped,
+    _check_ids_match(seen, outcomes, set_name)
+    records = [parsed[i] for i in sorted(parsed)]
+    labels = np.array([outcomes[r.record_id] for r in records], np.int32)
+    stats = _stats(records, labels, len(seen), sorted(empty), counts, placeholders, clipped,
                    unknown_names)  # fmt: skip
     _log_stats(set_name, stats)
     return records, labels, stats
 
 
-def _stats(parsed, outcomes, records, labels, num_files, counts, placeholders, clipped,
+def _check_ids_match(record_ids, outcomes, set_name) -> None:
+    """ConfigError unless every record file has an outcome row and every row a record file."""
+    problems = [
+        f"{len(ids)} {what} ({few_ids(ids)})"
+        for ids, what in [
+            (sorted(record_ids - outcomes.keys()), "record file(s) without an outcome row"),
+            (sorted(outcomes.keys() - record_ids), "outcome row(s) without a record file"),
+        ]
+        if ids
+    ]
+    if problems:
+        raise ConfigError(
+            f"Outcomes-{set_name}.txt does not match set-{set_name}: {' and '.join(problems)}; "
+            f"the outcome file must be the one distributed with set {set_name} ({URL})"
+        )
+
+
+def few_ids(ids) -> str:
+    """The first five of `ids`, comma-separated, for messages."""
+    return ", ".join(map(str, ids[:5])) + (", ..." if len(ids) > 5 else "")
+
+
+def _stats(records, labels, num_files, empty, counts, placeholders, clipped,
            unknown_names) -> dict:  # fmt: skip
     """read_set's `stats` (see there)."""
-    no_outcome = sorted(set(parsed) - set(outcomes))
-    no_record = sorted(set(outcomes) - set(parsed))
     return {
         "record_files": num_files,
-        "empty_records": counts["empty_records"],
+        "empty_records": len(empty),
+        "empty_records_ids": empty,
         "records": len(records),
         "deaths": int(labels.sum()),
         "observations": int(sum(len(r.times) for r in records)),
-        "records_without_outcome": len(no_outcome),
-        "records_without_outcome_ids": no_outcome,
-        "outcomes_without_record": len(no_record),
-        "outcomes_without_record_ids": no_record,
         "empty_parameter_lines": counts["empty_parameter_lines"],
         "unknown_values_dropped": counts["unknown_values_dropped"],
         "placeholders_dropped": dict(sorted(placeholders.items())),
@@ -188,26 +206,16 @@ def _stats(parsed, outcomes, records, labels, num_files, counts, placeholders, c
 
 
 def _log_stats(set_name: str, stats: dict) -> None:
-    def few(ids):
-        return ", ".join(map(str, ids[:5])) + (", ..." if len(ids) > 5 else "")
-
     logging.info(
         "PhysioNet 2012 set %s: %d records (%d deaths), %d observations from %d record files; "
         "%d unknown (-1) values dropped; records with unknown descriptors: %s",
         set_name, stats["records"], stats["deaths"], stats["observations"],
         stats["record_files"], stats["unknown_values_dropped"], stats["unknown_descriptors"],
     )  # fmt: skip
-    if stats["records_without_outcome"]:
+    if stats["empty_records"]:
         logging.warning(
-            "set %s: %d records have no row in Outcomes-%s.txt and are left out: %s",
-            set_name, stats["records_without_outcome"], set_name,
-            few(stats["records_without_outcome_ids"]),
-        )  # fmt: skip
-    if stats["outcomes_without_record"]:
-        logging.warning(
-            "set %s: %d outcome rows have no record with data (%d record files hold no data): %s",
-            set_name, stats["outcomes_without_record"], stats["empty_records"],
-            few(stats["outcomes_without_record_ids"]),
+            "set %s: %d record files hold no data and are left out: %s",
+            set_name, stats["empty_records"], few_ids(stats["empty_records_ids"]),
         )  # fmt: skip
     for name, count in stats["unknown_descriptors"].items():
         if count and count == stats["records"]:
