@@ -149,7 +149,9 @@ def test_resume_after_a_crash_is_exact(tiny, tmp_path, monkeypatch):
     # The ICU task's attention model here (the image task: test_crash_resume.py; GRU-D: the
     # ICU end-to-end test), with randomness in the step, which must resume exactly too.
     tiny_config = tiny("ehr_rnn")
-    tiny_config.model.update(name="mtan", dropout_rate=0.3, num_reference=8, time_features=8)
+    tiny_config.model.update(
+        name="mtan", dropout_rate=0.3, observation_dropout=0.2, num_reference=8, time_features=8
+    )
     straight = str(tmp_path / "straight")
     expected = train.train_and_evaluate(tiny_config, straight)
 

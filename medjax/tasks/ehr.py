@@ -76,6 +76,8 @@ def _model(config: ml_collections.ConfigDict):
             num_reference=model_config.num_reference,
             num_heads=model_config.num_heads,
             time_features=model_config.time_features,
+            summary=model_config.summary,
+            observation_dropout=model_config.observation_dropout,
             dropout_rate=model_config.dropout_rate,
             dtype=compute_dtype(config),
         )
@@ -100,7 +102,8 @@ def _describe(model_config) -> str:
     if m.name == "mtan":
         return (
             f"model mtan ({m.num_reference} reference times, {m.num_heads} head(s), time "
-            f"embedding {m.time_features}, GRU hidden {m.hidden_size})"
+            f"embedding {m.time_features}, GRU hidden {m.hidden_size}"
+            f"{', summaries to the head' if m.summary else ''})"
         )
     return f"model {m.name} (hidden {m.hidden_size}, {m.num_layers} layer(s), {m.pooling} pooling)"
 
