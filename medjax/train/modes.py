@@ -87,6 +87,7 @@ def restore_best(config: ml_collections.ConfigDict, task: Task, workdir: str):
 
 def trained_config(workdir: str, flag: str = "--workdir") -> ml_collections.ConfigDict:
     """The config of the run in `workdir` (its config.json); ConfigError naming `flag` if none."""
+    checks.refuse_ensemble_workdir(workdir)
     config_path = os.path.join(workdir, "config.json")
     if not os.path.exists(config_path):
         raise ConfigError(f"no {config_path}: {flag} must hold a trained run (--mode=train)")
