@@ -10,6 +10,14 @@ examples of `--split` to plots/ (also written at the end of training); `predict`
 example of the data the config names (say `--config.data.dir=NEW`) with the best checkpoint into
 predictions/<data name>_<folder>.csv.
 
+`ensemble` evaluates the mean logits of several finished runs of the config (seeds, say) as
+one model, in a --workdir of its own that holds no checkpoint:
+
+  python -m medjax.main --mode=ensemble --config=configs/ehr_physionet.py --workdir=runs/ens \
+      --members=runs/p12_s0,runs/p12_s1,runs/p12_s2
+
+Members may differ from the config only in `seed` and the trainer, optimizer and loss settings.
+
 Every device is used. On several hosts, run the same command in every process with
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`, or with none of them where
 SLURM (srun), Open MPI or a Cloud TPU VM launched the processes.
@@ -29,9 +37,15 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics, plots and the report.")
 flags.DEFINE_enum(
-    "mode", "train", ["train", "evaluate", "explain", "predict"], "What to do with the workdir."
+    "mode",
+    "train",
+    ["train", "evaluate", "explain", "predict", "ensemble"],
+    "What to do with the workdir.",
 )
-flags.DEFINE_enum("split", "test", ["train", "val", "test"], "The split evaluate/explain use.")
+flags.DEFINE_enum(
+    "split", "test", ["train", "val", "test"], "The split evaluate/explain/ensemble use."
+)
+flags.DEFINE_list("members", [], "--mode=ensemble: the finished workdirs to average, a,b,c.")
 flags.DEFINE_bool(
     "allow_config_change", False, "Resume although the config or data differ from the checkpoint's."
 )
@@ -80,6 +94,11 @@ def main(argv):
 
     try:
         parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+        if FLAGS.members and FLAGS.mode != "ensemble":
+            raise ConfigError("--members is for --mode=ensemble")
+        if FLAGS.mode == "ensemble":
+            train.ensemble(FLAGS.config, FLAGS.workdir, FLAGS.members, split=FLAGS.split)
+            return
         if FLAGS.mode == "explain":
             train.explain(FLAGS.config, FLAGS.workdir, split=FLAGS.split)
             return

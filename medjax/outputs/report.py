@@ -2,6 +2,7 @@
 
 import math
 import os
+from typing import NamedTuple
 
 import ml_collections
 from scipy import special
@@ -13,15 +14,23 @@ EXPLANATION_METHODS = ("saliency", "smoothgrad", "integrated_gradients", "gradca
 OPERATING_POINT_METRICS = ("sensitivity", "specificity", "ppv", "npv", "accuracy")
 
 
+class Checkpoint(NamedTuple):
+    """A best checkpoint evaluated: a run's, or one of an ensemble's members'."""
+
+    workdir: str
+    config: ml_collections.ConfigDict  # its run's
+    best_step: int
+    last_step: int  # the step training ended at
+    num_params: int
+
+
 def write(
     workdir: str,
     *,
     config: ml_collections.ConfigDict,
     description: str,
     split_sizes: dict[str, int],
-    num_params: int,
-    best_step: int,
-    last_step: int,
+    checkpoints: list[Checkpoint],
     split: str,
     val_metrics: dict[str, float],
     split_metrics: dict[str, float],
@@ -30,14 +39,14 @@ def write(
     binary_intervals: dict[str, tuple[float, float]],
     subgroup_rows: list[dict],
 ) -> None:
-    """Writes `workdir/report.md`: data and splits, model and training, the metrics of the
-    evaluated `split` with intervals, the operating point and calibration (`binary`, empty for
+    """Writes `workdir/report.md`: data and splits, model and training (of the best checkpoint
+    of a run, or of each member of an ensemble: `checkpoints`), the metrics of the evaluated
+    `split` with intervals, the operating point and calibration (`binary`, empty for
     tasks that are not binary), and the plots."""
     fitted_on = "fitted on val and applied unchanged to " + (
         "val itself (in-sample: optimistic)" if split == "val" else f"the {split} split"
     )
-    lines = _data_and_model(config, description, split_sizes, num_params, best_step, last_step,
-                            split)  # fmt: skip
+    lines = _data_and_model(description, split_sizes, checkpoints, split)
     lines += [
         *_images(workdir, ["curves.png"]),
         "## Metrics",
@@ -67,25 +76,51 @@ def write(
     writers.write_atomically(os.path.join(workdir, "report.md"), "\n".join(lines) + "\n")
 
 
-def _data_and_model(config, description, split_sizes, num_params, best_step, last_step, split):
-    trainer = config.trainer
+def _data_and_model(description, split_sizes, checkpoints, split):
     sizes = ", ".join(f"{name} {size:,}" for name, size in split_sizes.items())
-    return [
+    untouched = "; the test split was used for nothing else" if split == "test" else ""
+    lines = [
         "# medjax report",
         "",
         "## Data and model",
         "",
         f"- data and model: {description}",
         f"- examples per split: {sizes}",
-        f"- parameters: {num_params:,}",
-        f"- trained {last_step} of {trainer.num_train_steps} steps, batch {trainer.batch_size}, "
-        f"{config.optimizer.name} at learning rate {config.optimizer.learning_rate:g}, "
-        f"seed {config.seed}",
-        f"- evaluated: the checkpoint of step {best_step}, the best by validation "
-        f"{trainer.selection_metric} ({trainer.selection_mode}), on the {split} split"
-        + ("; the test split was used for nothing else" if split == "test" else ""),
+    ]
+    if len(checkpoints) == 1:
+        (checkpoint,) = checkpoints
+        return lines + [
+            f"- parameters: {checkpoint.num_params:,}",
+            f"- {_trained(checkpoint)}",
+            f"- evaluated: {_best(checkpoint)}, on the {split} split{untouched}",
+            "",
+        ]
+    return lines + [
+        f"- parameters: {checkpoints[0].num_params:,} per member",
+        f"- evaluated: an ensemble of {len(checkpoints)} members, the mean of their logits per "
+        f"example, on the {split} split{untouched}; the operating point and calibration are the "
+        "ensemble's own, fitted on its val outputs",
+        *(f"- member `{c.workdir}`: {_trained(c)}; {_best(c)}" for c in checkpoints),
         "",
     ]
+
+
+def _trained(checkpoint: Checkpoint) -> str:
+    config = checkpoint.config
+    trainer, optimizer = config.trainer, config.optimizer
+    return (
+        f"trained {checkpoint.last_step} of {trainer.num_train_steps} steps, batch "
+        f"{trainer.batch_size}, {optimizer.name} at learning rate {optimizer.learning_rate:g}, "
+        f"seed {config.seed}"
+    )
+
+
+def _best(checkpoint: Checkpoint) -> str:
+    trainer = checkpoint.config.trainer
+    return (
+        f"the checkpoint of step {checkpoint.best_step}, the best by validation "
+        f"{trainer.selection_metric} ({trainer.selection_mode})"
+    )
 
 
 def _intervals(split, split_metrics, intervals) -> list[str]:

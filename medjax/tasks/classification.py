@@ -69,6 +69,7 @@ def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict
         binary_scores=scoring.binary_log_odds if binary else None,
         # The score explained: the log-odds of class 1.
         explain=functools.partial(explain_examples, model, dataset, baseline) if binary else None,
+        ensemble_outputs=functools.partial(ensemble_outputs, multilabel=dataset.multilabel),
     )
 
 
@@ -111,6 +112,12 @@ def eval_outputs(logits, batch, *, multilabel):
     """Per-example logits, class probabilities, labels and row indices."""
     probs = jax.nn.sigmoid(logits) if multilabel else jax.nn.softmax(logits)
     return {"logits": logits, "probs": probs, "label": batch["label"], "index": batch["index"]}
+
+
+def ensemble_outputs(members, *, multilabel):
+    """The mean of the members' logits, with the probabilities recomputed from it."""
+    logits = np.mean([gathered["logits"] for gathered in members], axis=0)
+    return jax.tree.map(np.asarray, eval_outputs(logits, members[0], multilabel=multilabel))
 
 
 def class_intervals(gathered):

@@ -60,6 +60,7 @@ def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict
         subgroups=lambda split: subgroups.icu_groups(
             *(dataset.splits[split][k] for k in ("age", "gender", "icu_type"))
         ),
+        ensemble_outputs=ensemble_outputs,
     )
 
 
@@ -170,6 +171,12 @@ def eval_outputs(outputs, batch):
     p = jax.nn.sigmoid(logit)
     probs = jnp.stack([1 - p, p], 1)
     return {"logit": logit, "probs": probs, "label": batch["label"], "index": batch["index"]}
+
+
+def ensemble_outputs(members):
+    """The mean of the members' logits, with the probabilities recomputed from it."""
+    logit = np.mean([gathered["logit"] for gathered in members], axis=0)
+    return jax.tree.map(np.asarray, eval_outputs({"logits": logit[:, None]}, members[0]))
 
 
 def compute_metrics(gathered):

@@ -42,7 +42,8 @@ class Task:
       train_batches: start step -> endless iterator of this process's training batches.
       eval_batches: split name -> iterator over the split once, padded, with `valid`.
       write_outputs: (workdir, split, gathered arrays, model variables) -> writes predictions
-        and plots; returns images ({name: [H, W, C] array}) for TensorBoard, or {}.
+        and plots; returns images ({name: [H, W, C] array}) for TensorBoard, or {}. The
+        variables are None for an ensemble: tasks with `ensemble_outputs` must not need them.
       prediction_table: (split, gathered arrays) -> (header, rows) of per-example predictions,
         the first column `id`: predictions/<split>.csv, and --mode=predict's table.
       description: data and model in a sentence, for the report.
@@ -60,6 +61,10 @@ class Task:
         a PRNG key) -> paths of the attribution plots written (medjax.explain); None: none.
       rng_streams: the names of the random streams the model draws from (flax `rngs`); the
         trainer hands each its own key.
+      ensemble_outputs: the gathered arrays of several models on one split (the same examples
+        in the same order) -> an ensemble's: the mean of their logits, with what derives from
+        logits (probabilities) recomputed from it; None where the outputs have no logits (the
+        VAE): such a task has no ensembles (--mode=ensemble).
     """
 
     model: nn.Module
@@ -82,6 +87,7 @@ class Task:
     subgroups: Callable[[str], dict[str, np.ndarray]] | None = None
     explain: Callable[..., list[str]] | None = None
     rng_streams: tuple[str, ...] = ("dropout",)
+    ensemble_outputs: Callable[[list[dict[str, np.ndarray]]], dict[str, np.ndarray]] | None = None
 
 
 def config_train_batches(config: ml_collections.ConfigDict, labels, load, start_step: int):

@@ -93,10 +93,23 @@ def no_checkpoint(checkpoint_dir: str) -> ConfigError:
 
 def require_checkpoint_dir(workdir: str) -> str:
     """The workdir's checkpoint folder; ConfigError (no_checkpoint) where there is none."""
+    refuse_ensemble_workdir(workdir)
     checkpoint_dir = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(checkpoint_dir):
         raise no_checkpoint(checkpoint_dir)
     return checkpoint_dir
+
+
+ENSEMBLE_FILE = "ensemble.json"  # marks the workdir of an ensemble (--mode=ensemble)
+
+
+def refuse_ensemble_workdir(workdir: str) -> None:
+    """Refuses the workdir of an ensemble: it holds no checkpoint to train, evaluate or use."""
+    if os.path.exists(os.path.join(workdir, ENSEMBLE_FILE)):
+        raise ConfigError(
+            f"{workdir} holds the evaluation of an ensemble ({ENSEMBLE_FILE}), not a training "
+            "run; train in another --workdir, or run --mode=ensemble there again"
+        )
 
 
 def prepare_workdir(workdir: str) -> None:

@@ -1,5 +1,6 @@
 """Evaluation of a trained state: a split's metrics, and the final evaluation of the best
-checkpoint, with the operating point and calibration of binary tasks.
+checkpoint (or of an ensemble's outputs), with the operating point and calibration of binary
+tasks.
 
 The operating point (a threshold) and the recalibration map are fitted on the validation split
 and then applied, unchanged, to the evaluated split (test, unless --mode=evaluate names another).
@@ -84,13 +85,35 @@ def _ece(labels, probs) -> float:
 
 def final_evaluation(config, task: Task, best_state, last_step: int, workdir: str, writer, mesh,
                      split: str = "test") -> dict[str, float]:  # fmt: skip
-    """Evaluates the best state once on `split`: its metrics and intervals, and for binary tasks
-    the operating point and calibration fitted on val; writes predictions, plots and the report
-    (and, for the test split, the `test` line of metrics.jsonl). Returns the split's metrics."""
-    val_metrics, val_gathered = evaluate_split(best_state, task, "val", mesh)
-    split_metrics, gathered = evaluate_split(best_state, task, split, mesh)
-    intervals = task.metric_intervals(gathered)
+    """Evaluates the best state once on `split` (report_evaluation), with what needs the model
+    or its training: the explanations and the training curves. Returns the split's metrics."""
+    evaluated = {s: evaluate_split(best_state, task, s, mesh) for s in ("val", split)}
     best_step = int(best_state.step)
+    if jax.process_index() == 0:
+        explain_examples(config, task, best_state, workdir, split)
+        history = _read_metrics(os.path.join(workdir, "metrics.jsonl"))
+        if any(line["split"] == "train" for line in history):
+            path = os.path.join(workdir, "plots", "curves.png")
+            plots.training_curves(path, history, config.trainer.selection_metric, best_step)
+    num_params = sum(x.size for x in jax.tree.leaves(best_state.params))
+    checkpoint = report.Checkpoint(workdir, config, best_step, last_step, num_params)
+    variables = model_variables(best_state.eval_params, best_state.batch_stats)
+    return report_evaluation(config, task, evaluated, split, workdir, writer, [checkpoint],
+                             variables, step=best_step)  # fmt: skip
+
+
+def report_evaluation(config, task: Task, evaluated: dict, split: str, workdir: str, writer,
+                      checkpoints: list, variables, *, step: int) -> dict[str, float]:  # fmt: skip
+    """The final evaluation of a model's outputs, or an ensemble's, on `split`: its metrics and
+    intervals, and for binary tasks the operating point and calibration fitted on val; writes
+    predictions, plots and the report (and, for the test split, the `test` line of
+    metrics.jsonl, at `step`). `evaluated` maps val and `split` to (metrics, gathered outputs);
+    `checkpoints` (report.Checkpoint) made them: a run's best, or an ensemble's members';
+    `variables` are the model's, for the task's outputs (None for an ensemble). Returns the
+    split's metrics."""
+    val_metrics, val_gathered = evaluated["val"]
+    split_metrics, gathered = evaluated[split]
+    intervals = task.metric_intervals(gathered)
     binary, binary_intervals = {}, {}
     val_scores = task.binary_scores and task.binary_scores(val_gathered)
     if val_scores and np.unique(val_scores[0]).size < 2:
@@ -118,18 +141,18 @@ def final_evaluation(config, task: Task, best_state, last_step: int, workdir: st
         scalars = split_metrics | binary
         for name, (low, high) in (intervals | binary_intervals).items():
             scalars |= {f"{name}_low": low, f"{name}_high": high}
-        writer.write_scalars(best_step, {f"test/{k}": v for k, v in scalars.items()})
+        writer.write_scalars(step, {f"test/{k}": v for k, v in scalars.items()})
         writer.flush()
     if jax.process_index() == 0:
-        _write_outputs(config, task, best_state, workdir, writer, split, gathered)
+        images = task.write_outputs(workdir, split, gathered, variables)
+        if images:
+            writer.write_images(step, images)
         report.write(
             workdir,
             config=config,
             description=task.description,
             split_sizes=task.split_sizes(),
-            num_params=sum(x.size for x in jax.tree.leaves(best_state.params)),
-            best_step=best_step,
-            last_step=last_step,
+            checkpoints=checkpoints,
             split=split,
             val_metrics=val_metrics,
             split_metrics=split_metrics,
@@ -138,23 +161,9 @@ def final_evaluation(config, task: Task, best_state, last_step: int, workdir: st
             binary_intervals=binary_intervals,
             subgroup_rows=subgroup_rows,
         )
-    logging.info("%s metrics at step %d: %s", split.capitalize(), best_step,
-                 json.dumps(split_metrics))  # fmt: skip
+    source = f"at step {step}" if len(checkpoints) == 1 else f"of an ensemble of {len(checkpoints)}"
+    logging.info("%s metrics %s: %s", split.capitalize(), source, json.dumps(split_metrics))
     return split_metrics
-
-
-def _write_outputs(config, task: Task, best_state, workdir, writer, split, gathered) -> None:
-    """The task's predictions and plots, the explanations and the training curves."""
-    best_step = int(best_state.step)
-    variables = model_variables(best_state.eval_params, best_state.batch_stats)
-    images = task.write_outputs(workdir, split, gathered, variables)
-    if images:
-        writer.write_images(best_step, images)
-    explain_examples(config, task, best_state, workdir, split)
-    history = _read_metrics(os.path.join(workdir, "metrics.jsonl"))
-    if any(line["split"] == "train" for line in history):
-        path = os.path.join(workdir, "plots", "curves.png")
-        plots.training_curves(path, history, config.trainer.selection_metric, best_step)
 
 
 def explain_examples(config, task: Task, state, workdir: str, split: str) -> list[str]:

@@ -59,6 +59,7 @@ def train_and_evaluate(
     checks.check_run(config, task)
     plan = privacy.plan(config, task.split_sizes()["train"])
     fingerprint = run_config.fingerprint(config, task)
+    checks.refuse_ensemble_workdir(workdir)
     checks.prepare_workdir(workdir)
 
     mesh = parallel.data_mesh()

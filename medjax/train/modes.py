@@ -34,12 +34,7 @@ def evaluate(
     checks.check_run(config, task)
     current = run_config.fingerprint(config, task)
     checks.prepare_workdir(workdir)
-    mesh = parallel.data_mesh()
-    ckpts, abstract_state = open_checkpoints(config, task, workdir, mesh)
-    latest, best = ckpts.restore_latest(abstract_state), ckpts.restore_best(abstract_state)
-    ckpts.close()
-    if latest is None:
-        raise checks.no_checkpoint(ckpts.directory)
+    latest, best = restore_latest_and_best(config, task, workdir)
     saved = latest[1].get("fingerprint")
     run_config.check_unchanged(saved, current, workdir, allow_config_change)
     last_step = int(latest[0].step)
@@ -49,6 +44,7 @@ def evaluate(
         elapsed = writers.keep_metrics_up_to(os.path.join(workdir, "metrics.jsonl"), last_step)
     writer = writers.create_writer(workdir, time.time() - elapsed)
     best_state = best[0] if best else latest[0]
+    mesh = parallel.data_mesh()
     return final_evaluation(config, task, best_state, last_step, workdir, writer, mesh, split)
 
 
@@ -66,6 +62,18 @@ def explain(config: ml_collections.ConfigDict, workdir: str, *, split: str = "te
     return explain_examples(config, task, state, workdir, split)
 
 
+def restore_latest_and_best(config: ml_collections.ConfigDict, task: Task, workdir: str):
+    """The latest and the best checkpoints of `workdir`, each (state, progress), the best None
+    where none was kept; ConfigError when there is no checkpoint."""
+    checks.require_checkpoint_dir(workdir)
+    ckpts, abstract_state = open_checkpoints(config, task, workdir, parallel.data_mesh())
+    latest, best = ckpts.restore_latest(abstract_state), ckpts.restore_best(abstract_state)
+    ckpts.close()
+    if latest is None:
+        raise checks.no_checkpoint(ckpts.directory)
+    return latest, best
+
+
 def restore_best(config: ml_collections.ConfigDict, task: Task, workdir: str):
     """(state, progress) of the best checkpoint of `workdir`; ConfigError when there is none."""
     checks.require_checkpoint_dir(workdir)
@@ -77,16 +85,22 @@ def restore_best(config: ml_collections.ConfigDict, task: Task, workdir: str):
     return best
 
 
+def trained_config(workdir: str, flag: str = "--workdir") -> ml_collections.ConfigDict:
+    """The config of the run in `workdir` (its config.json); ConfigError naming `flag` if none."""
+    checks.refuse_ensemble_workdir(workdir)
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(config_path):
+        raise ConfigError(f"no {config_path}: {flag} must hold a trained run (--mode=train)")
+    with open(config_path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
 def predict(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Scores every example of the data `config.data` names (all its splits) with the best
     checkpoint of `workdir` into predictions/<name>.csv, `name` the data's name and folder;
     returns its path. `config` must match the training run's model and input rules (config.json);
     statistics fitted on data come from the training run's data (`build_task`'s `fit_data`)."""
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(config_path):
-        raise ConfigError(f"no {config_path}: --workdir must hold a trained run (--mode=train)")
-    with open(config_path) as f:
-        trained = ml_collections.ConfigDict(json.load(f))
+    trained = trained_config(workdir)
     changes = run_config.input_rule_changes(trained, config)
     if changes:
         raise ConfigError(

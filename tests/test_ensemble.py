@@ -1,0 +1,229 @@
+"""--mode=ensemble: the mean logits of finished runs, evaluated as one run's outputs are."""
+
+import csv
+import glob
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+from scipy import special
+from sklearn import metrics
+
+from medjax import parallel, train
+from medjax.errors import ConfigError
+from medjax.tasks import build_task, classification, ehr
+from medjax.train.evaluation import evaluate_split
+from medjax.train.modes import restore_best
+
+# configs/ct_cnn.py as conftest.shrink makes it: the finished tiny run's data and model
+TINY_CT_CNN = [
+    "--config=configs/ct_cnn.py",
+    "--config.data.image_shape=(32,32)",
+    "--config.data.num_train=96",
+    "--config.data.num_val=40",
+    "--config.data.num_test=48",
+    "--config.model.width=0.125",
+    "--config.model.hidden_size=16",
+    "--config.trainer.eval_batch_size=32",
+]
+
+
+def _edit_json(path, edit):
+    with open(path) as f:
+        value = json.load(f)
+    edit(value)
+    with open(path, "w") as f:
+        json.dump(value, f)
+
+
+def _test_line(workdir):
+    """The test line of metrics.jsonl, without its time and split."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        (line,) = [line for line in map(json.loads, f) if line.pop("split") == "test"]
+    del line["time"]
+    return line
+
+
+def _predictions(workdir):
+    with open(os.path.join(workdir, "predictions", "test.csv")) as f:
+        rows = list(csv.DictReader(f))
+    return [r["id"] for r in rows], np.array([[float(r[f"prob_{c}"]) for c in "01"] for r in rows])
+
+
+def _refit(config):
+    """Changes keys members may differ in."""
+    config["seed"] = 1
+    config["optimizer"]["learning_rate"] = 0.01
+
+
+def _another_model(run, tmp_path):
+    """A copy of the finished run whose best checkpoint is another of its checkpoints, and whose
+    config differs in keys members may differ in (seed, learning rate)."""
+    workdir = shutil.copytree(run.workdir, tmp_path / "other")
+    best, latest = (workdir / "checkpoints" / name for name in ("best", "latest"))
+    (step,) = os.listdir(best)
+    other = next(s for s in os.listdir(latest) if s.isdigit() and s != step)
+    shutil.rmtree(best / step)
+    shutil.copytree(latest / other, best / other)
+    _edit_json(workdir / "config.json", _refit)
+    return str(workdir)
+
+
+@pytest.mark.slow
+def test_an_ensemble_of_copies_of_a_run_is_that_run(finished_tiny_run, tmp_path, run_main):
+    run = finished_tiny_run
+    copy = shutil.copytree(run.workdir, tmp_path / "copy")
+    workdir = tmp_path / "ensemble"
+    status, stderr = run_main(
+        *TINY_CT_CNN, f"--workdir={workdir}", "--mode=ensemble", f"--members={run.workdir},{copy}"
+    )
+    assert status == 0, stderr
+
+    single, ensemble = _test_line(run.workdir), _test_line(workdir)
+    assert ensemble.pop("step") == 0 and single.pop("step") > 0
+    assert ensemble.keys() == single.keys() > {"operating_threshold", "min_se_ppv", "auroc_low"}
+    for name, value in single.items():
+        assert ensemble[name] == pytest.approx(value, rel=1e-6, abs=1e-7), name
+    ids, probs = _predictions(workdir)
+    single_ids, single_probs = _predictions(run.workdir)
+    assert ids == single_ids
+    np.testing.assert_allclose(probs, single_probs, atol=2e-6)
+    report = (workdir / "report.md").read_text()
+    assert "an ensemble of 2 members, the mean of their logits" in report
+    assert f"member `{run.workdir}`" in report and f"member `{copy}`" in report
+    assert json.loads((workdir / "ensemble.json").read_text()) == {
+        "members": [run.workdir, str(copy)]
+    }
+    assert not (workdir / "checkpoints").exists()
+    for mode in (train.train_and_evaluate, train.evaluate):
+        with pytest.raises(ConfigError, match="holds the evaluation of an ensemble"):
+            mode(run.config, str(workdir))
+    assert not (workdir / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_the_ensemble_averages_its_members_logits(finished_tiny_run, tmp_path):
+    run = finished_tiny_run
+    members = [run.workdir, _another_model(run, tmp_path)]
+    workdir = str(tmp_path / "ensemble")
+    got = train.ensemble(run.config, workdir, members)
+
+    task, mesh = build_task(run.config), parallel.data_mesh()
+    outputs = [
+        evaluate_split(restore_best(run.config, task, m)[0], task, "test", mesh)[1] for m in members
+    ]
+    assert not np.allclose(outputs[0]["logits"], outputs[1]["logits"], atol=1e-3)
+    logits = np.mean([o["logits"] for o in outputs], axis=0)
+    expected = special.softmax(logits.astype(np.float64), axis=1)
+    _, probs = _predictions(workdir)
+    np.testing.assert_allclose(probs, expected, atol=2e-6)
+    labels = outputs[0]["label"]
+    assert got["auroc"] == pytest.approx(metrics.roc_auc_score(labels, logits[:, 1] - logits[:, 0]))
+    with open(os.path.join(workdir, "report.md")) as f:
+        assert "seed 1" in f.read()
+
+
+def _unfinished(value):
+    value["finished"] = False
+
+
+def _other_data(value):
+    value["fingerprint"]["data"] = "0123456789abcdef"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "files, edit, message",
+    [
+        (
+            "checkpoints/latest/6/progress/metadata",
+            _unfinished,
+            "is not a finished run (at step 6 of 6)",
+        ),
+        (
+            "config.json",
+            lambda c: c["model"].update(width=0.25),
+            "another data or model config: model.width: 0.25 -> 0.125",
+        ),
+        ("config.json", lambda c: c["data"].update(num_test=40), "data.num_test: 40 -> 48"),
+        (
+            "checkpoints/best/*/progress/metadata",
+            _other_data,
+            "scored other examples: its data (fingerprint 0123456789abcdef) differ",
+        ),
+    ],
+    ids=["unfinished", "other model", "other data config", "other data"],
+)
+def test_members_of_another_run_are_refused(finished_tiny_run, tmp_path, files, edit, message):
+    run = finished_tiny_run
+    member = shutil.copytree(run.workdir, tmp_path / "member")
+    for path in glob.glob(str(member / files)):
+        _edit_json(path, edit)
+    workdir = tmp_path / "ensemble"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train.ensemble(run.config, str(workdir), [run.workdir, str(member)])
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize(
+    "members, workdir, message",
+    [
+        (["a"], "ensemble", "an ensemble needs at least 2 different finished workdirs"),
+        (["a", "a/"], "ensemble", "an ensemble needs at least 2 different finished workdirs"),
+        (["a", "b"], "a", "/a is one of the --members; give it another"),
+        (["a", "b"], "run", "/run holds a training run (checkpoints/); give another"),
+        (["a", "b"], "ensemble", "/a/config.json: each of --members must hold a trained run"),
+        (["untrained", "b"], "ensemble", "no checkpoint in"),
+    ],
+    ids=["one", "one twice", "workdir a member", "workdir a run", "no config", "no checkpoint"],
+)
+def test_bad_members_are_refused_and_nothing_is_written(
+    tiny_config, tmp_path, members, workdir, message
+):
+    for folder in ("a", "b", "untrained", "run/checkpoints"):
+        os.makedirs(tmp_path / folder)
+    (tmp_path / "untrained" / "config.json").write_text(tiny_config.to_json_best_effort())
+    before = sorted(os.walk(tmp_path))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train.ensemble(tiny_config, str(tmp_path / workdir), [str(tmp_path / m) for m in members])
+    assert sorted(os.walk(tmp_path)) == before
+
+
+def test_an_ensemble_of_vaes_is_refused(tiny, tmp_path):
+    with pytest.raises(ConfigError, match="the vae task's outputs have no logits to average"):
+        train.ensemble(tiny("ct_vae"), str(tmp_path / "ensemble"), ["a", "b"])
+    assert not os.listdir(tmp_path)
+
+
+def test_members_go_with_mode_ensemble(tmp_path, run_main):
+    workdir = f"--workdir={tmp_path}/run"
+    status, stderr = run_main("--config=configs/ct_cnn.py", workdir, "--members=a,b")
+    assert status == 1 and "error: --members is for --mode=ensemble" in stderr
+    status, stderr = run_main(
+        "--config=configs/ct_cnn.py", workdir, "--mode=ensemble", "--members=a"
+    )
+    assert status == 1 and "error: --members=a: an ensemble needs at least 2" in stderr
+    assert not os.listdir(tmp_path)
+
+
+def test_the_tasks_average_logits_then_recompute_probabilities():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 5, 4)).astype(np.float32)  # members, examples, classes
+    rows = {"label": rng.integers(0, 2, (5, 4)), "index": np.arange(5)}
+    mean = logits.mean(0)
+
+    single = classification.ensemble_outputs(
+        [rows | {"logits": x} for x in logits], multilabel=False
+    )
+    np.testing.assert_allclose(single["probs"], special.softmax(mean, axis=1), rtol=1e-5)
+    multi = classification.ensemble_outputs([rows | {"logits": x} for x in logits], multilabel=True)
+    np.testing.assert_allclose(multi["probs"], special.expit(mean), rtol=1e-5)
+    binary = ehr.ensemble_outputs([rows | {"logit": x[:, 0]} for x in logits])
+    np.testing.assert_allclose(binary["logit"], mean[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(binary["probs"][:, 1], special.expit(mean[:, 0]), rtol=1e-5)
+    for outputs in (single, multi, binary):
+        assert all(isinstance(v, np.ndarray) for v in outputs.values())
+        assert all(np.array_equal(outputs[k], rows[k]) for k in rows)
