@@ -54,7 +54,6 @@ def get_config() -> ml_collections.ConfigDict:
     model.num_reference = 48  # mtan: reference times of the time attention
     model.num_heads = 1  # mtan: attention heads
     model.time_features = 32  # mtan: size of the learned time embedding
-    model.summary = False  # mtan: the head also reads per-variable summaries of the stay
     model.observation_dropout = 0.0  # mtan: share of observations hidden in each training step
     model.latent_size = 32  # vae
     model.vae_widths = (32, 64)  # vae: encoder widths, one stride-2 stage each

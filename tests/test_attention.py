@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from medjax.errors import ConfigError
-from medjax.models.attention import MTANClassifier, MultiTimeAttention, series_summary
+from medjax.models.attention import MTANClassifier, MultiTimeAttention
 from medjax.tasks import build_task
 from tests.test_rnn import KEY, make_batch
 
@@ -86,24 +86,9 @@ def test_unobserved_values_are_never_read(attention):
         np.testing.assert_array_equal(a, b)
 
 
-def test_series_summary_matches_numpy():
-    batch = make_batch(seed=5)
-    batch["mask"][0, :, 1] = 0  # never observed: zeros
-    values = np.where(batch["mask"] > 0, batch["values"], 0)
-    summary = np.asarray(series_summary(values, batch["mask"]))
-    num_vars = values.shape[-1]
-    for b in range(values.shape[0]):
-        for v in range(num_vars):
-            x = values[b, batch["mask"][b, :, v] > 0, v]
-            expected = [x.mean(), x.min(), x.max(), x[0], x[-1], np.log1p(x.size)] if x.size else 0
-            np.testing.assert_allclose(summary[b, v::num_vars], expected, rtol=1e-6)
-
-
 @pytest.fixture(scope="module")
 def classifier():
-    model = MTANClassifier(
-        hidden_size=4, num_reference=R, num_heads=HEADS, time_features=E, summary=True
-    )
+    model = MTANClassifier(hidden_size=4, num_reference=R, num_heads=HEADS, time_features=E)
     batch = make_batch()
     variables = jit(lambda b: model.init(KEY, b, train=False))(batch)
 
@@ -137,10 +122,14 @@ def test_padded_and_unobserved_entries_change_nothing(classifier):
     assert not np.allclose(logits_and_grads(variables, changed)[0][0], logits[0])
 
 
-def test_mtan_has_no_per_step_outputs(tiny):
+def test_mtan_options_go_with_mtan(tiny):
     config = tiny("ehr_rnn")
     config.model.name, config.loss.per_step_weight = "mtan", 0.5
     with pytest.raises(ConfigError, match="mtan predicts once per stay"):
+        build_task(config)
+    config = tiny("ehr_rnn")
+    config.model.observation_dropout = 0.3  # model gru_d
+    with pytest.raises(ConfigError, match="an option of mtan, not of gru_d: set --config.model"):
         build_task(config)
 
 

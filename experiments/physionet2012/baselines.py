@@ -20,7 +20,6 @@ from sklearn.linear_model import LogisticRegression
 
 from configs import ehr_physionet
 from medjax.data import icu_series
-from medjax.models import attention
 from medjax.stats import metrics
 
 flags.DEFINE_string("data_dir", None, "Folder with set-x.tar.gz (or set-x/) and Outcomes-x.txt.")
@@ -39,10 +38,19 @@ MODELS = {
 
 
 def summary_features(split: dict[str, np.ndarray]) -> np.ndarray:
-    """[N, 6V + S]: mtan's per-variable summaries of the stay (attention.series_summary: mean,
-    min, max, first, last, log1p(count); 0 if never seen) and the static features."""
-    summary = attention.series_summary(split["values"], split["mask"])
-    return np.concatenate([np.asarray(summary), split["static"]], 1)
+    """[N, 6V + S]: per variable mean, min, max, first, last (0 if never seen), log1p(count)."""
+    values, mask = split["values"], split["mask"] > 0
+    count = mask.sum(1)
+    seen = count > 0
+    mean = np.where(mask, values, 0).sum(1) / np.maximum(count, 1)
+    low = np.where(seen, np.where(mask, values, np.inf).min(1), 0)
+    high = np.where(seen, np.where(mask, values, -np.inf).max(1), 0)
+    steps = np.arange(values.shape[1])[None, :, None]
+    first_step = np.where(mask, steps, values.shape[1] - 1).min(1)
+    last_step = np.where(mask, steps, 0).max(1)
+    first = np.where(seen, np.take_along_axis(values, first_step[:, None], 1)[:, 0], 0)
+    last = np.where(seen, np.take_along_axis(values, last_step[:, None], 1)[:, 0], 0)
+    return np.concatenate([mean, low, high, first, last, np.log1p(count), split["static"]], 1)
 
 
 def splits_to_evaluate() -> list[tuple[str, dict]]:

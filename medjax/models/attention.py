@@ -12,11 +12,7 @@ and each of the H heads scores s_h(r, t) = <Q_h phi(r), K_h phi(t)> / sqrt(E / H
   z_h(r, v) = sum_t softmax_{t observed for v}(s_h(r, t)) x(t, v),
 0 where v is never observed (then a per-variable indicator, also an input, is 0). z [B, R, H V]
 and the indicator go through a linear layer into a bidirectional GRU over the reference times;
-its final states in both directions, with the static features, feed a linear head. With
-`summary`, the head also reads each variable's summary over the stay (`series_summary`: the
-mean, minimum, maximum, first and last observed value and log(1 + count)), the features of the
-challenge's strong tabular models: the head then holds a linear model on them, and the
-sequence encoder has to add what they miss.
+its final states in both directions, with the static features, feed a linear head.
 
 Unobserved and padded entries get zero weight and their values are never read (NaN included),
 so they change neither the logits nor the gradients. The softmax is shifted by each head's and
@@ -83,23 +79,6 @@ class MultiTimeAttention(nn.Module):
         return z, observed.any(axis=1)
 
 
-def series_summary(values, mask):
-    """[B, 6V]: per variable the mean, min, max, first and last observed value and
-    log(1 + number of observations); 0 for a variable never observed."""
-    observed = mask > 0
-    count = observed.sum(1)
-    seen = count > 0
-    mean = jnp.where(observed, values, 0).sum(1) / jnp.maximum(count, 1)
-    low = jnp.where(seen, jnp.where(observed, values, jnp.inf).min(1), 0)
-    high = jnp.where(seen, jnp.where(observed, values, -jnp.inf).max(1), 0)
-    steps = jnp.arange(values.shape[1])[None, :, None]
-    first_step = jnp.where(observed, steps, values.shape[1]).min(1)
-    last_step = jnp.where(observed, steps, -1).max(1)
-    first = jnp.where(observed & (steps == first_step[:, None]), values, 0).sum(1)
-    last = jnp.where(observed & (steps == last_step[:, None]), values, 0).sum(1)
-    return jnp.concatenate([mean, low, high, first, last, jnp.log1p(count)], axis=-1)
-
-
 class MTANClassifier(nn.Module):
     """mTAN encoder, bidirectional GRU and linear head; returns {"logits": [B, num_outputs]}.
 
@@ -108,7 +87,6 @@ class MTANClassifier(nn.Module):
       num_reference, num_heads, time_features: see MultiTimeAttention.
       num_outputs: number of logits.
       dropout_rate: dropout before the head.
-      summary: the head also reads `series_summary` of the stay.
       observation_dropout: in training, the share of observed entries hidden from the model
         (drawn from the "dropout" rng): an augmentation that samples sparser stays.
       dtype: compute dtype of the GRU and the head; the attention and parameters stay float32.
@@ -120,7 +98,6 @@ class MTANClassifier(nn.Module):
     time_features: int = 32
     num_outputs: int = 1
     dropout_rate: float = 0.0
-    summary: bool = False
     observation_dropout: float = 0.0
     dtype: Any = jnp.float32
 
@@ -150,9 +127,6 @@ class MTANClassifier(nn.Module):
         h = nn.Bidirectional(GRU(nn.GRUCell(**kw)), GRU(nn.GRUCell(**kw)), name="gru")(h)
         pooled = jnp.concatenate([h[:, -1, : self.hidden_size], h[:, 0, self.hidden_size :]], -1)
         pooled = nn.Dropout(self.dropout_rate, deterministic=not train)(pooled)
-        head_inputs = [pooled, batch["static"].astype(pooled.dtype)]
-        if self.summary:
-            observed_values = jnp.where(mask > 0, values, 0).astype(jnp.float32)
-            head_inputs.append(series_summary(observed_values, mask).astype(pooled.dtype))
-        logits = dense(self.num_outputs, name="head")(jnp.concatenate(head_inputs, -1))
+        static = batch["static"].astype(pooled.dtype)
+        logits = dense(self.num_outputs, name="head")(jnp.concatenate([pooled, static], -1))
         return {"logits": logits.astype(jnp.float32)}

@@ -77,13 +77,17 @@ def _model(config: ml_collections.ConfigDict):
             num_reference=model_config.num_reference,
             num_heads=model_config.num_heads,
             time_features=model_config.time_features,
-            summary=model_config.summary,
             observation_dropout=model_config.observation_dropout,
             dropout_rate=model_config.dropout_rate,
             dtype=compute_dtype(config),
         )
     if model_config.name not in MODELS:
         raise ConfigError(f"unknown model {model_config.name!r}; valid names: {', '.join(MODELS)}")
+    if model_config.observation_dropout:
+        raise ConfigError(
+            f"model.observation_dropout={model_config.observation_dropout} is an option of mtan, "
+            f"not of {model_config.name}: set --config.model.observation_dropout=0"
+        )
     try:
         return rnn.create_model(
             model_config.name,
@@ -103,8 +107,8 @@ def _describe(model_config) -> str:
     if m.name == "mtan":
         return (
             f"model mtan ({m.num_reference} reference times, {m.num_heads} head(s), time "
-            f"embedding {m.time_features}, GRU hidden {m.hidden_size}"
-            f"{', summaries to the head' if m.summary else ''})"
+            f"embedding {m.time_features}, GRU hidden {m.hidden_size}, observation dropout "
+            f"{m.observation_dropout:g})"
         )
     return f"model {m.name} (hidden {m.hidden_size}, {m.num_layers} layer(s), {m.pooling} pooling)"
 
