@@ -8,7 +8,8 @@ patients are dealt into K folds within each class (seeded by data.seed), fold k 
 split and data.val_fraction of the other patients is val (selection, early stopping,
 normalisation stays fitted on train). A rerun resumes or re-reads each fold's workdir.
 Writes `<workdir>/crossval.md` and `<workdir>/crossval.json`: each fold's test metrics, and
-their mean and sample standard deviation (ddof=1) over the folds.
+their mean and sample standard deviation (ddof=1) over the folds, and the 95% interval of
+the mean (Student t with K - 1 degrees of freedom).
 """
 
 import json
@@ -19,6 +20,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
+from scipy import stats
 
 from medjax import train
 from medjax.errors import ConfigError
@@ -46,6 +48,15 @@ def cross_validate(config: ml_collections.ConfigDict, workdir: str, num_folds: i
         "mean": {k: float(v.mean()) for k, v in values.items()},
         "sd": {k: float(v.std(ddof=1)) for k, v in values.items()},
     }
+    # The 95% interval of the mean over folds: mean ± t(0.975, K - 1) sd / sqrt(K).
+    half = stats.t.ppf(0.975, num_folds - 1) / np.sqrt(num_folds)
+    summary["interval"] = {
+        k: [
+            summary["mean"][k] - half * summary["sd"][k],
+            summary["mean"][k] + half * summary["sd"][k],
+        ]
+        for k in names
+    }
     lines = [
         f"# {num_folds}-fold cross-validation by patient",
         "",
@@ -59,6 +70,9 @@ def cross_validate(config: ml_collections.ConfigDict, workdir: str, num_folds: i
           for i, r in enumerate(results)),
         "| mean ± sd | " + " | ".join(
             f"{summary['mean'][k]:.4f} ± {summary['sd'][k]:.4f}" for k in names
+        ) + " |",
+        "| 95% interval of the mean (t) | " + " | ".join(
+            "{:.4f} to {:.4f}".format(*summary["interval"][k]) for k in names
         ) + " |",
     ]  # fmt: skip
     writers.write_atomically(os.path.join(workdir, "crossval.json"), json.dumps(summary, indent=2))

@@ -111,6 +111,11 @@ def test_crossval_runs_every_fold_and_summarises_them(tiny, tmp_path):
     aurocs = [fold["auroc"] for fold in summary["folds"]]
     assert summary["mean"]["auroc"] == pytest.approx(np.mean(aurocs))
     assert summary["sd"]["auroc"] == pytest.approx(np.std(aurocs, ddof=1))
+    # 2 folds: t with 1 degree of freedom is Cauchy, its 97.5% quantile tan(0.475 pi).
+    half = np.tan(0.475 * np.pi) * np.std(aurocs, ddof=1) / np.sqrt(2)
+    assert summary["interval"]["auroc"] == pytest.approx(
+        [np.mean(aurocs) - half, np.mean(aurocs) + half]
+    )
     assert json.loads((tmp_path / "crossval.json").read_text())["mean"] == summary["mean"]
     table = (tmp_path / "crossval.md").read_text()
     assert f"{summary['mean']['auroc']:.4f} ± {summary['sd']['auroc']:.4f}" in table
