@@ -129,6 +129,7 @@ def test_statistics_are_fitted_on_training_stays_only(tmp_path, monkeypatch, tes
 def test_train_on_two_sets_and_test_on_a_third(tiny, tmp_path):
     config = tiny("ehr_physionet")
     config.data.update(dir=write_sets(tmp_path / "sets"), train_sets="a,b", test_set="c")
+    config.model.update(time_features=4, num_heads=1, num_reference=4)
     workdir = tmp_path / "run"
     metrics = train.train_and_evaluate(config, str(workdir))
     assert 0 <= metrics["auroc"] <= 1
