@@ -6,11 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_rnn import KEY, make_batch
 
 from medjax.errors import ConfigError
 from medjax.models.attention import MTANClassifier, MultiTimeAttention
 from medjax.tasks import build_task
-from tests.test_rnn import KEY, make_batch
 
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 R, HEADS, E = 5, 2, 6

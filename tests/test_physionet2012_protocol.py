@@ -6,12 +6,12 @@ import shutil
 
 import numpy as np
 import pytest
+from test_physionet2012 import REAL_DIR, outcome_file, write_set
 
 from configs import ehr_physionet
 from medjax import train
 from medjax.data import icu_series, physionet2012, time_grid
 from medjax.errors import ConfigError
-from tests.test_physionet2012 import REAL_DIR, outcome_file, write_set
 
 FIRST_ID = {"a": 132000, "b": 142000, "c": 152000}  # disjoint, like the challenge's sets
 SIZES = {"a": 40, "b": 40, "c": 12}
