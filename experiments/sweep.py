@@ -1,0 +1,198 @@
+"""Every combination of a grid of config values over several seeds, and their results table.
+
+  python experiments/sweep.py --config=configs/medmnist.py:breastmnist \
+      --grid=model.width=0.5,1.0 [--grid=optimizer.learning_rate=1e-3,3e-3] --seeds=0,1,2 \
+      --out=runs/sweep_breast [-- --config.data.dir=DIR ...]
+
+Each (combination, seed) is one `python -m medjax.main` run in its own workdir,
+`<out>/<key>=<value>[,...]_seed<s>`: a rerun skips the finished runs (their test line is in
+metrics.jsonl) and resumes the unfinished ones from their checkpoints; it refuses a workdir
+that another command started (`<out>/sweep_commands.json` records them). Arguments after `--` go
+to every run. Then `<out>/results.md` and `<out>/results.csv` hold one row per combination: the
+mean and sample standard deviation (ddof=1) over the seeds of every test metric, the mean of
+each metric's bootstrap interval bounds, and the mean wall time per run (of the start that
+finished it); results.md also lists the exact command of each run.
+"""
+
+import csv
+import io
+import itertools
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+from medjax.outputs import writers
+
+flags.DEFINE_string("config", None, "The config, as --config of medjax.main (path[:argument]).")
+flags.DEFINE_multi_string("grid", [], "KEY=V1,V2,...: the values of one config key; repeatable.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Values of config.seed.")
+flags.DEFINE_string("out", None, "Folder for the runs' workdirs and the results.")
+FLAGS = flags.FLAGS
+
+WALL_TIME = "sweep_wall_time_s.json"  # in each run's workdir, once it has finished
+COMMANDS = "sweep_commands.json"  # in --out
+# The metrics of results.md, those a test line has (results.csv has every one).
+TABLE_METRICS = ("auroc", "accuracy", "auprc", "min_se_ppv", "nelbo", "anomaly_auroc")
+
+
+def parse_grid(grid: list[str]) -> list[tuple[str, list[str]]]:
+    """[(key, values)] of `KEY=V1,V2` strings; ValueError on a malformed or repeated key."""
+    axes = []
+    for item in grid:
+        key, _, values = item.partition("=")
+        if not key or not values or any(not v for v in values.split(",")):
+            raise ValueError(f"--grid={item!r}: expected KEY=V1,V2,... (e.g. model.width=0.5,1.0)")
+        if key in dict(axes):
+            raise ValueError(f"--grid names {key} twice; give all its values in one --grid")
+        axes.append((key, values.split(",")))
+    return axes
+
+
+def planned_runs(config: str, axes, seeds, out: str, extra: list[str]) -> list[dict]:
+    """One dict per (combination, seed): name, combination, seed, workdir and command (run with
+    this interpreter)."""
+    runs = []
+    for values in itertools.product(*(v for _, v in axes)):
+        combination = dict(zip((k for k, _ in axes), values))
+        name = ",".join(f"{k}={v}" for k, v in combination.items()) or "config"
+        for seed in seeds:
+            workdir = os.path.join(out, f"{name}_seed{seed}")
+            command = ["python", "-m", "medjax.main", f"--config={config}",
+                       f"--workdir={workdir}", f"--config.seed={seed}",
+                       *(f"--config.{k}={v}" for k, v in combination.items()), *extra]  # fmt: skip
+            runs.append(dict(name=name, combination=combination, seed=seed, workdir=workdir,
+                             command=command))  # fmt: skip
+    return runs
+
+
+def record_commands(out: str, runs: list[dict]) -> None:
+    """Adds the runs' commands to `<out>/sweep_commands.json` ({workdir: command}); ValueError
+    if a workdir there was started by another command (other arguments after `--`, say)."""
+    path = os.path.join(out, COMMANDS)
+    recorded = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            recorded = json.load(f)
+    for planned in runs:
+        previous = recorded.setdefault(planned["workdir"], planned["command"])
+        if previous != planned["command"]:
+            raise ValueError(
+                f"{planned['workdir']} holds a run of another command ({shlex.join(previous)}); "
+                "rerun the sweep with the same arguments, or give it another --out"
+            )
+    writers.write_atomically(path, json.dumps(recorded, indent=1))
+
+
+def test_line(workdir: str) -> dict | None:
+    """The last test line of a workdir's metrics.jsonl, or None (not finished)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        tests = [line for line in map(json.loads, f) if line["split"] == "test"]
+    return tests[-1] if tests else None
+
+
+def run(planned: dict, execute=subprocess.run) -> tuple[dict, float]:
+    """(test line, wall time in s) of a run, training or resuming it unless it has finished."""
+    timing = os.path.join(planned["workdir"], WALL_TIME)
+    if test_line(planned["workdir"]) is None or not os.path.exists(timing):
+        start = time.time()
+        execute([sys.executable, *planned["command"][1:]], check=True)
+        with open(timing, "w") as f:
+            json.dump(time.time() - start, f)
+    with open(timing) as f:
+        return test_line(planned["workdir"]), json.load(f)
+
+
+def summarise(runs: list[dict], results: list[tuple[dict, float]]) -> list[dict]:
+    """One row per combination: `name`, `seeds`, mean/sd of each test metric, mean of its
+    interval bounds, mean wall time, and the commands."""
+    rows = {}
+    for planned, result in zip(runs, results):
+        rows.setdefault(planned["name"], []).append((planned, *result))
+    summary = []
+    for name, members in rows.items():
+        tests = [test for _, test, _ in members]
+        metrics = [k for k, v in tests[0].items() if isinstance(v, float) and k != "time"]
+        row = {"name": name, "seeds": [p["seed"] for p, _, _ in members]}
+        for metric in metrics:
+            values = np.array([t[metric] for t in tests], np.float64)
+            row[f"{metric}_mean"] = float(values.mean())
+            if not metric.endswith(("_low", "_high")):  # an interval's bounds: their mean only
+                row[f"{metric}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else np.nan
+        row["wall_time_s_mean"] = float(np.mean([seconds for _, _, seconds in members]))
+        row["commands"] = [shlex.join(p["command"]) for p, _, _ in members]
+        summary.append(row)
+    return summary
+
+
+def write_results(out: str, summary: list[dict], metrics: list[str]) -> None:
+    """results.csv (every column) and results.md (`metrics`: mean ± sd and interval)."""
+    columns = [k for k in summary[0] if k not in ("name", "seeds", "commands")]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["combination", "seeds", *columns, "commands"])
+    for row in summary:
+        writer.writerow([row["name"], " ".join(row["seeds"]), *(row.get(c, "") for c in columns),
+                         " ; ".join(row["commands"])])  # fmt: skip
+    lines = [
+        "| combination | seeds | " + " | ".join(metrics) + " | wall time per run |",
+        "|---|---|" + "---|" * len(metrics) + "---|",
+    ]
+    for row in summary:
+        cells = []
+        for m in metrics:
+            cell = f"{row[f'{m}_mean']:.4f} ± {row[f'{m}_sd']:.4f}"
+            if f"{m}_low_mean" in row:
+                cell += f" ({row[f'{m}_low_mean']:.4f}-{row[f'{m}_high_mean']:.4f})"
+            cells.append(cell)
+        minutes = row["wall_time_s_mean"] / 60
+        lines.append(
+            f"| {row['name']} | {' '.join(row['seeds'])} | {' | '.join(cells)} | "
+            f"{minutes:.1f} min |"
+        )
+    note = "Mean ± sd over the seeds (interval: the mean of the seeds' 95% bootstrap bounds)."
+    lines += ["", note, "", "Commands:", "", "```bash"]
+    lines += [command for row in summary for command in row["commands"]] + ["```"]
+    writers.write_atomically(os.path.join(out, "results.csv"), buffer.getvalue())
+    writers.write_atomically(os.path.join(out, "results.md"), "\n".join(lines) + "\n")
+
+
+def main(argv):
+    extra = argv[1:]
+    try:
+        axes = parse_grid(FLAGS.grid)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    os.makedirs(FLAGS.out, exist_ok=True)
+    runs = planned_runs(FLAGS.config, axes, FLAGS.seeds, FLAGS.out, extra)
+    try:
+        record_commands(FLAGS.out, runs)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    results = []
+    for planned in runs:
+        try:
+            results.append(run(planned))
+        except subprocess.CalledProcessError as e:
+            sys.exit(
+                f"error: {shlex.join(planned['command'])} exited with status {e.returncode}; "
+                "fix its error above and rerun the sweep: finished runs are kept, this one resumes"
+            )
+    summary = summarise(runs, results)
+    metrics = [m for m in TABLE_METRICS if f"{m}_mean" in summary[0]]
+    write_results(FLAGS.out, summary, metrics)
+    with open(os.path.join(FLAGS.out, "results.md")) as f:
+        print(f.read())
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "out"])
+    app.run(main)

@@ -1,0 +1,101 @@
+"""experiments/sweep.py: the grid, skipping and resuming, the summary, the refusals."""
+
+import csv
+import json
+import os
+import runpy
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sweep = runpy.run_path(os.path.join(REPO, "experiments", "sweep.py"))
+
+
+def auroc_of(command):  # a made-up result that depends on the width and the seed
+    options = dict(arg[2:].split("=", 1) for arg in command if arg.startswith("--"))
+    return float(options["config.model.width"]) / 2 + int(options["config.seed"]) / 100
+
+
+def fake_execute(calls, finish=True):
+    """Stands in for subprocess.run of medjax.main: writes the workdir's metrics.jsonl."""
+
+    def execute(command, check):
+        assert check and command[1:3] == ["-m", "medjax.main"]
+        calls.append(command)
+        workdir = next(a.split("=", 1)[1] for a in command if a.startswith("--workdir="))
+        os.makedirs(workdir, exist_ok=True)
+        auroc = auroc_of(command)
+        lines = [{"split": "val", "step": 5, "auroc": 0.5}]
+        if finish:
+            lines.append({"split": "test", "step": 5, "time": 1e9, "auroc": auroc,
+                          "auroc_low": auroc - 0.1, "auroc_high": auroc + 0.1})  # fmt: skip
+        with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+            f.writelines(json.dumps(line) + "\n" for line in lines)
+
+    return execute
+
+
+def test_grid_parsing():
+    assert sweep["parse_grid"](["model.width=0.5,1.0", "seed_x=a"]) == [
+        ("model.width", ["0.5", "1.0"]),
+        ("seed_x", ["a"]),
+    ]
+    for bad in (["model.width"], ["model.width=0.5,"], ["=1"], ["a=1", "a=2"]):
+        with pytest.raises(ValueError, match="--grid"):
+            sweep["parse_grid"](bad)
+
+
+def test_runs_every_combination_once_and_summarises_over_seeds(tmp_path):
+    axes = sweep["parse_grid"](["model.width=0.5,1.0", "model.norm=batch,group"])
+    out = str(tmp_path)
+    runs = sweep["planned_runs"]("configs/x.py", axes, ["0", "1", "2"], out, ["--config.a=1"])
+    assert len(runs) == 12 and len({r["workdir"] for r in runs}) == 12
+    first = runs[0]
+    assert first["command"] == [
+        "python", "-m", "medjax.main", "--config=configs/x.py",
+        f"--workdir={out}/model.width=0.5,model.norm=batch_seed0", "--config.seed=0",
+        "--config.model.width=0.5", "--config.model.norm=batch", "--config.a=1",
+    ]  # fmt: skip
+    sweep["record_commands"](out, runs)
+    calls = []
+    # One run started before and did not finish: it runs again; two finished ones do not.
+    fake_execute([], finish=False)(["python", *first["command"][1:]], check=True)
+    for done in runs[1:3]:
+        fake_execute([])(["python", *done["command"][1:]], check=True)
+        with open(os.path.join(done["workdir"], sweep["WALL_TIME"]), "w") as f:
+            json.dump(60.0, f)
+    results = [sweep["run"](r, fake_execute(calls)) for r in runs]
+    assert len(calls) == 10 and calls[0][1:] == first["command"][1:]
+
+    summary = sweep["summarise"](runs, results)
+    assert [row["name"] for row in summary] == [
+        "model.width=0.5,model.norm=batch", "model.width=0.5,model.norm=group",
+        "model.width=1.0,model.norm=batch", "model.width=1.0,model.norm=group",
+    ]  # fmt: skip
+    aurocs = [auroc_of(r["command"]) for r in runs[:3]]
+    row = summary[0]
+    assert row["seeds"] == ["0", "1", "2"]
+    assert row["auroc_mean"] == pytest.approx(np.mean(aurocs))
+    assert row["auroc_sd"] == pytest.approx(np.std(aurocs, ddof=1))
+    assert row["auroc_low_mean"] == pytest.approx(np.mean(aurocs) - 0.1)
+    assert "auroc_low_sd" not in row and "time_mean" not in row and "step_mean" not in row
+    assert summary[2]["auroc_mean"] == pytest.approx(0.5 + 0.01)
+
+    sweep["write_results"](out, summary, ["auroc"])
+    with open(tmp_path / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["combination"] for r in rows] == [row["name"] for row in summary]
+    assert float(rows[0]["auroc_mean"]) == pytest.approx(row["auroc_mean"])
+    table = (tmp_path / "results.md").read_text()
+    assert f"| {row['name']} | 0 1 2 | {row['auroc_mean']:.4f} ± {row['auroc_sd']:.4f} (" in table
+    assert table.count("python -m medjax.main --config=configs/x.py") == 12
+
+
+def test_a_workdir_of_another_command_is_refused(tmp_path):
+    axes = sweep["parse_grid"](["model.width=0.5"])
+    runs = sweep["planned_runs"]("configs/x.py", axes, ["0"], str(tmp_path), [])
+    sweep["record_commands"](str(tmp_path), runs)
+    other = sweep["planned_runs"]("configs/x.py", axes, ["0"], str(tmp_path), ["--config.a=2"])
+    with pytest.raises(ValueError, match="holds a run of another command"):
+        sweep["record_commands"](str(tmp_path), other)
