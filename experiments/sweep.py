@@ -29,10 +29,6 @@ from absl import app, flags
 
 from medjax.outputs import writers
 
-flags.DEFINE_string("config", None, "The config, as --config of medjax.main (path[:argument]).")
-flags.DEFINE_multi_string("grid", [], "KEY=V1,V2,...: the values of one config key; repeatable.")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Values of config.seed.")
-flags.DEFINE_string("out", None, "Folder for the runs' workdirs and the results.")
 FLAGS = flags.FLAGS
 
 WALL_TIME = "sweep_wall_time_s.json"  # in each run's workdir, once it has finished
@@ -193,6 +189,10 @@ def main(argv):
         print(f.read())
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # flags only here: other scripts and tests import the functions
+    flags.DEFINE_string("config", None, "The config, as medjax.main's --config (path[:arg]).")
+    flags.DEFINE_multi_string("grid", [], "KEY=V1,V2,...: one config key's values; repeatable.")
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "Values of config.seed.")
+    flags.DEFINE_string("out", None, "Folder for the runs' workdirs and the results.")
     flags.mark_flags_as_required(["config", "out"])
     app.run(main)
