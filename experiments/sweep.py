@@ -82,6 +82,7 @@ def record_commands(out: str, runs: list[dict]) -> None:
                 f"{planned['workdir']} holds a run of another command ({shlex.join(previous)}); "
                 "rerun the sweep with the same arguments, or give it another --out"
             )
+    os.makedirs(out, exist_ok=True)
     writers.write_atomically(path, json.dumps(recorded, indent=1))
 
 
@@ -167,7 +168,6 @@ def main(argv):
         axes = parse_grid(FLAGS.grid)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
-    os.makedirs(FLAGS.out, exist_ok=True)
     runs = planned_runs(FLAGS.config, axes, FLAGS.seeds, FLAGS.out, extra)
     try:
         record_commands(FLAGS.out, runs)

@@ -4,18 +4,15 @@
       --out=experiments/medmnist/results.md
 
 Each (dataset, seed) is one `python -m medjax.main --config=configs/medmnist.py:NAME` run in
-its own workdir under --workdir_root (a finished run is re-read, not retrained); the table puts
+its own workdir under --workdir_root/NAME, run by experiments/sweep.py's functions (a finished
+run is re-read, not retrained; an unfinished one resumes); the table puts
 the paper's ResNet-18 (28) figures beside ours. Extra config overrides go after `--`, e.g.
 `-- --config.model.width=1.0`.
 """
 
-import json
 import os
-import subprocess
-import sys
-import time
+import runpy
 
-import numpy as np
 from absl import app, flags
 
 # Yang et al., MedMNIST v2, Scientific Data 2023, Table 4: ResNet-18 (28) test AUC, ACC.
@@ -30,37 +27,25 @@ flags.DEFINE_string("out", "experiments/medmnist/results.md", "The results table
 FLAGS = flags.FLAGS
 
 
-def run(name: str, seed: str, overrides: list[str]) -> dict:
-    """Test metrics and wall time of one run (trained now unless its workdir has them)."""
-    workdir = os.path.join(FLAGS.workdir_root, f"{name}_seed{seed}")
-    timing = os.path.join(workdir, "wall_time_s.json")
-    if not os.path.exists(timing):
-        start = time.time()
-        command = [sys.executable, "-m", "medjax.main", f"--config=configs/medmnist.py:{name}",
-                   f"--workdir={workdir}", f"--config.data.dir={FLAGS.data_dir}",
-                   f"--config.seed={seed}", *overrides]  # fmt: skip
-        subprocess.run(command, check=True)
-        with open(timing, "w") as f:
-            json.dump(time.time() - start, f)
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        test = [row for row in map(json.loads, f) if row["split"] == "test"][-1]
-    with open(timing) as f:
-        return {"auc": test["auroc"], "acc": test["accuracy"], "time": json.load(f)}
-
-
 def main(argv):
-    overrides = argv[1:]
+    sweep = runpy.run_path(
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sweep.py")
+    )
+    overrides = [f"--config.data.dir={FLAGS.data_dir}", *argv[1:]]
     lines = [
         "| dataset | test AUC | test ACC | wall time per run | paper ResNet-18 (28) AUC / ACC |",
         "|---|---|---|---|---|",
     ]
     for name in FLAGS.datasets:
-        results = [run(name, seed, overrides) for seed in FLAGS.seeds]
-        auc, acc, wall = (np.array([r[k] for r in results]) for k in ("auc", "acc", "time"))
+        out = os.path.join(FLAGS.workdir_root, name)
+        runs = sweep["planned_runs"](f"configs/medmnist.py:{name}", [], FLAGS.seeds, out, overrides)
+        sweep["record_commands"](out, runs)
+        row = sweep["summarise"](runs, [sweep["run"](planned) for planned in runs])[0]
         paper = PAPER.get(name)
         lines.append(
-            f"| {name} | {auc.mean():.3f} ± {auc.std(ddof=1):.3f} | "
-            f"{acc.mean():.3f} ± {acc.std(ddof=1):.3f} | {wall.mean() / 60:.1f} min | "
+            f"| {name} | {row['auroc_mean']:.3f} ± {row['auroc_sd']:.3f} | "
+            f"{row['accuracy_mean']:.3f} ± {row['accuracy_sd']:.3f} | "
+            f"{row['wall_time_s_mean'] / 60:.1f} min | "
             f"{f'{paper[0]:.3f} / {paper[1]:.3f}' if paper else '-'} |"
         )
     seeds = ", ".join(FLAGS.seeds)
