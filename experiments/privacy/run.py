@@ -4,7 +4,8 @@
       --datasets=synthetic_ct,breastmnist --epsilons=1,3,8,none
 
 Each (dataset, epsilon, seed) is one `python -m medjax.main` run in its own workdir under
---workdir_root (a finished run is re-read, not retrained): synthetic_ct with
+--workdir_root/<dataset>_eps<epsilon>, run by experiments/sweep.py's functions (a finished run is
+re-read, not retrained; an unfinished one resumes): synthetic_ct with
 configs/ct_cnn_dp.py, a MedMNIST name with configs/medmnist.py:NAME, both with group norm;
 `none` is the same config with privacy.enabled=false. Every private run solves its noise for its
 planned steps (privacy.target_epsilon) at delta = 1 / (10 N); the table reports the epsilon of
@@ -14,11 +15,8 @@ overrides go after `--`.
 
 import json
 import os
-import subprocess
-import sys
-import time
+import runpy
 
-import numpy as np
 from absl import app, flags
 
 flags.DEFINE_string("data_dir", "", "Folder holding the MedMNIST .npz files.")
@@ -30,39 +28,27 @@ flags.DEFINE_string("out", "experiments/privacy/results.md", "The results table 
 FLAGS = flags.FLAGS
 
 
-def command(dataset: str, epsilon: str, seed: str, workdir: str, overrides: list[str]):
+def config_arguments(dataset: str, epsilon: str) -> tuple[str, list[str]]:
+    """(--config, its overrides) of a dataset at a target epsilon ('none': no privacy)."""
     if dataset == "synthetic_ct":
-        config = ["--config=configs/ct_cnn_dp.py"]
+        config, extra = "configs/ct_cnn_dp.py", []
     else:
-        config = [f"--config=configs/medmnist.py:{dataset}", f"--config.data.dir={FLAGS.data_dir}",
-                  "--config.model.norm=group", "--config.privacy.microbatch_size=16",
-                  "--config.optimizer.grad_clip_norm=0"]  # fmt: skip
-    private = (
-        ["--config.privacy.enabled=false"]
-        if epsilon == "none"
-        else ["--config.privacy.enabled=true", f"--config.privacy.target_epsilon={epsilon}"]
-    )
-    return [sys.executable, "-m", "medjax.main", *config, *private, f"--workdir={workdir}",
-            f"--config.seed={seed}", *overrides]  # fmt: skip
+        config = f"configs/medmnist.py:{dataset}"
+        extra = [
+            f"--config.data.dir={FLAGS.data_dir}",
+            "--config.model.norm=group",
+            "--config.privacy.microbatch_size=16",
+            "--config.optimizer.grad_clip_norm=0",
+        ]
+    if epsilon == "none":
+        return config, [*extra, "--config.privacy.enabled=false"]
+    return config, [*extra, "--config.privacy.enabled=true",
+                    f"--config.privacy.target_epsilon={epsilon}"]  # fmt: skip
 
 
-def run(dataset: str, epsilon: str, seed: str, overrides: list[str]) -> dict:
-    """Test AUROC, epsilon spent and wall time of one run (trained now unless done before)."""
-    workdir = os.path.join(FLAGS.workdir_root, f"{dataset}_eps{epsilon}_seed{seed}")
-    timing = os.path.join(workdir, "wall_time_s.json")
-    if not os.path.exists(timing):
-        start = time.time()
-        subprocess.run(command(dataset, epsilon, seed, workdir, overrides), check=True)
-        with open(timing, "w") as f:
-            json.dump(time.time() - start, f)
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        test = [row for row in map(json.loads, f) if row["split"] == "test"][-1]
-    spent = float("inf")
-    if epsilon != "none":
-        with open(os.path.join(workdir, "privacy.json")) as f:
-            spent = json.load(f)["epsilon"]
-    with open(timing) as f:
-        return {"auroc": test["auroc"], "epsilon": spent, "time": json.load(f)}
+def epsilon_spent(workdir: str) -> float:
+    with open(os.path.join(workdir, "privacy.json")) as f:
+        return json.load(f)["epsilon"]
 
 
 def main(argv):
@@ -71,16 +57,21 @@ def main(argv):
         "| dataset | target epsilon | epsilon spent | test AUROC | wall time per run |",
         "|---|---|---|---|---|",
     ]
+    sweep = runpy.run_path(
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sweep.py")
+    )
     for dataset in FLAGS.datasets:
         for epsilon in FLAGS.epsilons:
-            results = [run(dataset, epsilon, seed, overrides) for seed in FLAGS.seeds]
-            auroc = np.array([r["auroc"] for r in results])
-            spread = f" ± {auroc.std(ddof=1):.3f}" if len(auroc) > 1 else ""
-            spent = max(r["epsilon"] for r in results)
+            config, extra = config_arguments(dataset, epsilon)
+            out = os.path.join(FLAGS.workdir_root, f"{dataset}_eps{epsilon}")
+            runs = sweep["planned_runs"](config, [], FLAGS.seeds, out, [*extra, *overrides])
+            sweep["record_commands"](out, runs)
+            row = sweep["summarise"](runs, [sweep["run"](planned) for planned in runs])[0]
+            spread = f" ± {row['auroc_sd']:.3f}" if len(runs) > 1 else ""
+            spent = "-" if epsilon == "none" else max(epsilon_spent(r["workdir"]) for r in runs)
             lines.append(
-                f"| {dataset} | {epsilon} | {'-' if epsilon == 'none' else f'{spent:.3f}'} | "
-                f"{auroc.mean():.3f}{spread} | "
-                f"{np.mean([r['time'] for r in results]) / 60:.1f} min |"
+                f"| {dataset} | {epsilon} | {spent if spent == '-' else f'{spent:.3f}'} | "
+                f"{row['auroc_mean']:.3f}{spread} | {row['wall_time_s_mean'] / 60:.1f} min |"
             )
     seeds = ", ".join(FLAGS.seeds)
     text = "\n".join(lines) + f"\n\nSeeds {seeds}; delta = 1 / (10 N), RDP accountant.\n"
