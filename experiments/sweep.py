@@ -99,13 +99,29 @@ def test_line(workdir: str) -> dict | None:
 def run(planned: dict, execute=subprocess.run) -> tuple[dict, float]:
     """(test line, wall time in s) of a run, training or resuming it unless it has finished."""
     timing = os.path.join(planned["workdir"], WALL_TIME)
-    if test_line(planned["workdir"]) is None or not os.path.exists(timing):
+    line = test_line(planned["workdir"])
+    if line is None or not os.path.exists(timing):
         start = time.time()
-        execute([sys.executable, *planned["command"][1:]], check=True)
+        try:
+            execute([sys.executable, *planned["command"][1:]], check=True)
+        except subprocess.CalledProcessError as e:
+            raise ValueError(
+                f"{shlex.join(planned['command'])} exited with status {e.returncode}; fix its "
+                "error above and rerun the sweep: finished runs are kept, this one resumes"
+            ) from None
         with open(timing, "w") as f:
             json.dump(time.time() - start, f)
+        line = test_line(planned["workdir"])
     with open(timing) as f:
-        return test_line(planned["workdir"]), json.load(f)
+        return line, json.load(f)
+
+
+def sweep(config: str, axes, seeds, out: str, extra: list[str]) -> tuple[list, list]:
+    """(planned runs, summary rows): records the commands, runs what has not finished and
+    summarises; ValueError (a clear message) on another command's workdir or a failed run."""
+    runs = planned_runs(config, axes, seeds, out, extra)
+    record_commands(out, runs)
+    return runs, summarise(runs, [run(planned) for planned in runs])
 
 
 def summarise(runs: list[dict], results: list[tuple[dict, float]]) -> list[dict]:
@@ -168,21 +184,10 @@ def main(argv):
         axes = parse_grid(FLAGS.grid)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
-    runs = planned_runs(FLAGS.config, axes, FLAGS.seeds, FLAGS.out, extra)
     try:
-        record_commands(FLAGS.out, runs)
+        _, summary = sweep(FLAGS.config, axes, FLAGS.seeds, FLAGS.out, extra)
     except ValueError as e:
         sys.exit(f"error: {e}")
-    results = []
-    for planned in runs:
-        try:
-            results.append(run(planned))
-        except subprocess.CalledProcessError as e:
-            sys.exit(
-                f"error: {shlex.join(planned['command'])} exited with status {e.returncode}; "
-                "fix its error above and rerun the sweep: finished runs are kept, this one resumes"
-            )
-    summary = summarise(runs, results)
     metrics = [m for m in TABLE_METRICS if f"{m}_mean" in summary[0]]
     write_results(FLAGS.out, summary, metrics)
     with open(os.path.join(FLAGS.out, "results.md")) as f:

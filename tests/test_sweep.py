@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import runpy
+import subprocess
 
 import numpy as np
 import pytest
@@ -99,3 +100,14 @@ def test_a_workdir_of_another_command_is_refused(tmp_path):
     other = sweep["planned_runs"]("configs/x.py", axes, ["0"], str(tmp_path), ["--config.a=2"])
     with pytest.raises(ValueError, match="holds a run of another command"):
         sweep["record_commands"](str(tmp_path), other)
+
+
+def test_a_failed_run_stops_the_sweep_with_its_command(tmp_path):
+    (planned,) = sweep["planned_runs"]("configs/x.py", [], ["0"], str(tmp_path), [])
+
+    def execute(command, check):
+        raise subprocess.CalledProcessError(1, command)
+
+    with pytest.raises(ValueError, match="--config.seed=0 exited with status 1; fix its error"):
+        sweep["run"](planned, execute)
+    assert not os.path.exists(os.path.join(planned["workdir"], sweep["WALL_TIME"]))

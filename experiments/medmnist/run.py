@@ -30,7 +30,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     sweep = runpy.run_path(
         os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sweep.py")
-    )
+    )["sweep"]
     overrides = [f"--config.data.dir={FLAGS.data_dir}", *argv[1:]]
     lines = [
         "| dataset | test AUC | test ACC | wall time per run | paper ResNet-18 (28) AUC / ACC |",
@@ -38,9 +38,8 @@ def main(argv):
     ]
     for name in FLAGS.datasets:
         out = os.path.join(FLAGS.workdir_root, name)
-        runs = sweep["planned_runs"](f"configs/medmnist.py:{name}", [], FLAGS.seeds, out, overrides)
-        sweep["record_commands"](out, runs)
-        row = sweep["summarise"](runs, [sweep["run"](planned) for planned in runs])[0]
+        config = f"configs/medmnist.py:{name}"
+        _, (row,) = sweep(config, [], FLAGS.seeds, out, overrides)
         paper = PAPER.get(name)
         lines.append(
             f"| {name} | {row['auroc_mean']:.3f} ± {row['auroc_sd']:.3f} | "

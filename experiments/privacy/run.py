@@ -59,14 +59,12 @@ def main(argv):
     ]
     sweep = runpy.run_path(
         os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sweep.py")
-    )
+    )["sweep"]
     for dataset in FLAGS.datasets:
         for epsilon in FLAGS.epsilons:
             config, extra = config_arguments(dataset, epsilon)
             out = os.path.join(FLAGS.workdir_root, f"{dataset}_eps{epsilon}")
-            runs = sweep["planned_runs"](config, [], FLAGS.seeds, out, [*extra, *overrides])
-            sweep["record_commands"](out, runs)
-            row = sweep["summarise"](runs, [sweep["run"](planned) for planned in runs])[0]
+            runs, (row,) = sweep(config, [], FLAGS.seeds, out, [*extra, *overrides])
             spread = f" ± {row['auroc_sd']:.3f}" if len(runs) > 1 else ""
             spent = "-" if epsilon == "none" else max(epsilon_spent(r["workdir"]) for r in runs)
             lines.append(
