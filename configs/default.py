@@ -1,5 +1,8 @@
 """Every config key, with its default. Experiment configs override these; none adds keys.
 
+A key added to medjax takes a default that keeps the behaviour from before it: a run written
+before the key existed is resumed, ensembled and predicted with as if it had the default.
+
 Not run on its own: see configs/ct_cnn.py.
 """
 
@@ -27,6 +30,9 @@ def get_config() -> ml_collections.ConfigDict:
     trainer.early_stopping_patience = 0  # evaluations without improvement; 0: never stop early
     trainer.on_nonfinite = "stop"  # a NaN/Inf loss or gradient: stop, or skip the update
     trainer.ema_decay = 0.0  # > 0: evaluate (and keep as best) a moving average of the weights
+    # > 1: train this many seeds (seed, seed + 1, ...) in <workdir>/members/seed_<s>, then
+    # evaluate the mean of their logits as one model in <workdir> (as --mode=ensemble)
+    trainer.ensemble_size = 1
 
     config.optimizer = opt = ml_collections.ConfigDict()
     opt.name = "adamw"  # adamw or sgd
@@ -47,6 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
     model.width = 1.0  # cnn: channel multiplier on 64/128/256/512
     model.norm = "batch"  # cnn: batch or group
     model.small_input = True  # cnn: 3x3 stride-1 stem, no max-pool (MedMNIST's ResNet (28))
+    model.conv3d = "full"  # cnn on volumes: full (k^3 kernels) or acs (2D kernels over 3 planes)
     model.hidden_size = 64  # rnn: units per direction and layer
     model.num_layers = 1  # rnn: stacked layers
     model.bidirectional = False  # rnn: gru and lstm only
@@ -96,6 +103,9 @@ def get_config() -> ml_collections.ConfigDict:
     augment.max_shift_fraction = 0.0  # shift (3D: crop) along every axis, up to this of a side
     augment.intensity_shift = 10.0  # std of an intensity offset, in the image's units (HU, 0..255)
     augment.intensity_scale = 0.03  # intensity scale jitter, +-fraction
+    # classification: > 0 mixes each training image with a random other, weights w and 1 - w,
+    # w ~ Beta(alpha, alpha), labels alike (mixup, Zhang et al. 2018); 0: off
+    augment.mixup_alpha = 0.0
     # ICU time series.
     data.hours = 48.0  # the first hours of the stay
     data.step_hours = 1.0  # grid step
@@ -110,6 +120,9 @@ def get_config() -> ml_collections.ConfigDict:
     evaluation.operating_point = "youden"  # youden (max Se + Sp - 1), sensitivity (a target)
     # or min_se_ppv (max min(Se, PPV)); min_se_ppv is reported at its own val threshold anyway
     evaluation.target_sensitivity = 0.9  # operating_point=sensitivity: val sensitivity >= this
+    # classification: average the logits of each image and its left-right mirror (val and test;
+    # needs data.augment.flip_left_right)
+    evaluation.test_time_flips = False
 
     # Differentially private training (DP-SGD, medjax/privacy.py): Poisson-sampled batches of
     # trainer.batch_size expected examples, per-example gradients clipped, Gaussian noise added.

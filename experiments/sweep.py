@@ -19,6 +19,7 @@ import io
 import itertools
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -26,6 +27,7 @@ import time
 
 import numpy as np
 from absl import app, flags
+from ml_collections import config_flags
 
 from medjax.outputs import writers
 
@@ -48,6 +50,42 @@ def parse_grid(grid: list[str]) -> list[tuple[str, list[str]]]:
             raise ValueError(f"--grid names {key} twice; give all its values in one --grid")
         axes.append((key, values.split(",")))
     return axes
+
+
+def check_overrides(config: str, axes, seeds, extra: list[str]) -> None:
+    """ValueError unless there is a seed and each seed, grid value and `--config.` argument of
+    `extra` parses as medjax.main would parse it: a key of the config, a value of its type."""
+    if not seeds:
+        raise ValueError("--seeds is empty: give one or more, e.g. --seeds=0,1,2")
+    common = [arg for arg in extra if arg.startswith("--config.")]
+    for key, values in [("seed", seeds), *axes]:
+        for value in values:
+            _parse_config([f"--config={config}", f"--config.{key}={value}", *common])
+
+
+def _parse_config(argv: list[str]) -> None:
+    """Loads the config of `argv` with its overrides (ml_collections reads them from sys.argv;
+    the config file's imports need the working directory, the repository root, on sys.path)."""
+    holder = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, flag_values=holder, lock_config=True)
+    saved = sys.argv, sys.path
+    sys.argv, sys.path = ["sweep", *argv], [os.getcwd(), *sys.path]
+    try:
+        holder(sys.argv)
+        holder.config.keys()
+    except (AttributeError, KeyError) as e:  # ml_collections: a key the config does not have
+        name = re.findall(r"\w+", str(e))[0]
+        flag = next(arg for arg in argv[1:] if re.search(rf"\b{name}\b", arg.partition("=")[0]))
+        guess = re.search(r'Did you mean "(\w+)"', str(e))
+        raise ValueError(
+            f"{flag}: the config has no key {name}"
+            + (f" (did you mean {guess[1]}?)" if guess else "")
+            + "; the keys are in configs/default.py"
+        ) from None
+    except (flags.Error, OSError, TypeError, ValueError) as e:
+        raise ValueError(f"{e}") from None
+    finally:
+        sys.argv, sys.path = saved
 
 
 def planned_runs(config: str, axes, seeds, out: str, extra: list[str]) -> list[dict]:
@@ -118,7 +156,9 @@ def run(planned: dict, execute=subprocess.run) -> tuple[dict, float]:
 
 def sweep(config: str, axes, seeds, out: str, extra: list[str]) -> tuple[list, list]:
     """(planned runs, summary rows): records the commands, runs what has not finished and
-    summarises; ValueError (a clear message) on another command's workdir or a failed run."""
+    summarises; ValueError (a clear message), before anything runs, on a key or value the config
+    refuses or no seeds, and on another command's workdir; after, on a failed run."""
+    check_overrides(config, axes, seeds, extra)
     runs = planned_runs(config, axes, seeds, out, extra)
     record_commands(out, runs)
     return runs, summarise(runs, [run(planned) for planned in runs])

@@ -17,6 +17,8 @@ one model, in a --workdir of its own that holds no checkpoint:
       --members=runs/p12_s0,runs/p12_s1,runs/p12_s2
 
 Members may differ from the config only in `seed` and the trainer, optimizer and loss settings.
+With `--config.trainer.ensemble_size=K`, `train` trains the K seeds' runs itself, in
+<workdir>/members/, and then evaluates them as an ensemble in the workdir.
 
 Every device is used. On several hosts, run the same command in every process with
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`, or with none of them where
@@ -113,9 +115,12 @@ def main(argv):
                 allow_config_change=FLAGS.allow_config_change,
             )
             return
-        train.train_and_evaluate(
-            FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change
+        run = (
+            train.train_ensemble
+            if FLAGS.config.trainer.ensemble_size > 1
+            else train.train_and_evaluate
         )
+        run(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
     except (ConfigError, NonFiniteError, Preempted) as e:
         if FLAGS.debug:
             raise

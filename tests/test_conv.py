@@ -14,7 +14,7 @@ from jax import lax
 
 from medjax import xla_cpu
 from medjax.models import cnn
-from medjax.models.conv import Conv, conv_general_dilated, depth_folded_conv
+from medjax.models.conv import ACSConv, Conv, conv_general_dilated, depth_folded_conv
 
 DIMS = ("NDHWC", "DHWIO", "NDHWC")
 
@@ -110,6 +110,50 @@ def test_3d_resnet_block_equals_one_built_on_xla_convolutions(monkeypatch):
     expected, expected_grads = loss_and_grads()
     _assert_close(value, expected)
     jax.tree.map(_assert_close, grads, expected_grads)
+
+
+@pytest.mark.parametrize("features, strides", [(7, 1), (8, 2), (2, 1)])
+def test_acs_conv_equals_a_3d_conv_whose_kernel_is_zero_off_the_three_planes(features, strides):
+    """Yang et al.'s ACS: output channels split in thirds (7 -> 3, 2, 2), the thirds' 2D kernels
+    laid in the axial, coronal and sagittal planes through the centre of a 3x3x3 kernel."""
+    x = _random((2, 7, 6, 5, 3), 6)
+    model = ACSConv(features, 3, strides)
+    variables = model.init(jax.random.key(0), x)
+    kernel = np.asarray(variables["params"]["kernel"])  # [3, 3, C_in, C_out], one 2D kernel
+    assert kernel.shape == (3, 3, 3, features)
+    full = np.zeros((3, 3, 3, 3, features), np.float32)
+    thirds = np.array_split(np.arange(features), 3)
+    full[1, :, :, :, thirds[0]] = kernel[..., thirds[0]].transpose(3, 0, 1, 2)  # axial (H, W)
+    full[:, 1, :, :, thirds[1]] = kernel[..., thirds[1]].transpose(3, 0, 1, 2)  # coronal (D, W)
+    full[:, :, 1, :, thirds[2]] = kernel[..., thirds[2]].transpose(3, 0, 1, 2)  # sagittal (D, H)
+    expected = lax.conv_general_dilated(
+        x, jnp.asarray(full), (strides,) * 3, ((1, 1),) * 3, dimension_numbers=DIMS
+    )
+    _assert_close(model.apply(variables, x), expected)
+
+
+def test_acs_resnet_has_2d_kernels_and_the_full_resnets_outputs_shape():
+    x = _random((2, 8, 8, 8, 1), 7)
+    kwargs = dict(num_classes=3, width=0.125, small_input=True)
+    acs = cnn.create_model("resnet18", conv3d="acs", **kwargs)
+    full = cnn.create_model("resnet18", **kwargs)
+
+    def kernel_shapes(model):
+        params = model.init(jax.random.key(0), x, train=False)["params"]
+        flat = jax.tree_util.tree_flatten_with_path(params)[0]
+        return {jax.tree_util.keystr(path): k.shape for path, k in flat if k.ndim > 2}
+
+    acs_shapes, full_shapes = kernel_shapes(acs), kernel_shapes(full)
+    assert acs_shapes.keys() == full_shapes.keys()
+    for name, shape in acs_shapes.items():  # 3x3x3 -> 3x3; the 1x1x1 projections stay
+        assert shape == (full_shapes[name][1:] if "proj" not in name else full_shapes[name])
+    assert {len(s) for n, s in acs_shapes.items() if "proj" not in n} == {4}
+    variables = acs.init(jax.random.key(0), x, train=False)
+    assert acs.apply(variables, x, train=False).shape == (2, 3)
+    with pytest.raises(ValueError, match="conv3d 'axial'"):
+        cnn.create_model("resnet18", conv3d="axial", **kwargs).init(
+            jax.random.key(0), x, train=False
+        )
 
 
 def test_leave_convolutions_to_eigen_sets_the_flag_on_jaxlib_0_10_only(monkeypatch):

@@ -15,6 +15,7 @@ from sklearn import metrics
 from medjax import parallel, train
 from medjax.errors import ConfigError
 from medjax.tasks import build_task, classification, ehr
+from medjax.train import steps
 from medjax.train.evaluation import evaluate_split
 from medjax.train.modes import restore_best
 
@@ -227,3 +228,35 @@ def test_the_tasks_average_logits_then_recompute_probabilities():
     for outputs in (single, multi, binary):
         assert all(isinstance(v, np.ndarray) for v in outputs.values())
         assert all(np.array_equal(outputs[k], rows[k]) for k in rows)
+
+
+@pytest.mark.slow
+def test_ensemble_size_trains_the_seeds_then_evaluates_them_as_one(
+    finished_tiny_run, tmp_path, monkeypatch
+):
+    run = finished_tiny_run
+    config = run.config
+    config.trainer.ensemble_size = 2
+    workdir = tmp_path / "ensemble"
+    members = [workdir / "members" / f"seed_{s}" for s in (0, 1)]
+    shutil.copytree(run.workdir, members[0])  # seed 0 has finished: it is only evaluated
+    calls = []
+    real_step = steps.train_step
+    monkeypatch.setattr(steps, "train_step", lambda *a, **k: calls.append(1) or real_step(*a, **k))
+    got = train.train_ensemble(config, str(workdir))
+    assert len(calls) == run.train_steps  # seed 1's run, trained from the start
+    trained = json.loads((members[1] / "config.json").read_text())
+    assert trained["seed"] == 1 and trained["trainer"]["ensemble_size"] == 1
+    assert json.loads((workdir / "ensemble.json").read_text()) == {
+        "members": list(map(str, members))
+    }
+    line = _test_line(workdir)
+    assert line["auroc"] == pytest.approx(got["auroc"])
+    assert "an ensemble of 2 members" in (workdir / "report.md").read_text()
+    assert got["auroc"] != pytest.approx(run.test_metrics["auroc"])
+
+    calls.clear()
+    assert train.train_ensemble(config, str(workdir)) == pytest.approx(got)  # trains nothing
+    assert not calls
+    with pytest.raises(ConfigError, match="holds a training run"):
+        train.train_ensemble(config, run.workdir)

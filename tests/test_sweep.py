@@ -111,3 +111,26 @@ def test_a_failed_run_stops_the_sweep_with_its_command(tmp_path):
     with pytest.raises(ValueError, match="--config.seed=0 exited with status 1; fix its error"):
         sweep["run"](planned, execute)
     assert not os.path.exists(os.path.join(planned["workdir"], sweep["WALL_TIME"]))
+
+
+@pytest.mark.parametrize(
+    "grid, seeds, extra, message",
+    [
+        (["model.widht=0.5"], ["0"], [], "--config.model.widht=0.5: the config has no key widht "
+         r"\(did you mean width\?\)"),
+        (["model.width=0.5,wide"], ["0"], [], "--config.model.width=wide: could not convert"),
+        (["trainer.num_train_steps=1.5"], ["0"], [], "steps=1.5: invalid literal for int"),
+        ([], ["0", "one"], [], "--config.seed=one: invalid literal for int"),
+        ([], [], [], "--seeds is empty"),
+        ([], ["0"], ["--config.data.dri=x"], "--config.data.dri=x: the config has no key dri;"),
+    ],
+)  # fmt: skip
+def test_bad_keys_values_and_seeds_are_refused_before_anything_runs(
+    tmp_path, monkeypatch, grid, seeds, extra, message
+):
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "out"
+    axes = sweep["parse_grid"](grid)
+    with pytest.raises(ValueError, match=message):
+        sweep["sweep"]("configs/medmnist.py:breastmnist", axes, seeds, str(out), extra)
+    assert not out.exists()

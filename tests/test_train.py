@@ -12,7 +12,7 @@ import pytest
 from medjax import checkpoint, explain, optim, parallel, train
 from medjax.errors import ConfigError
 from medjax.tasks import build_task
-from medjax.train import steps
+from medjax.train import run_config, steps
 from medjax.train.state import abstract_train_state, create_train_state
 
 EXPLANATIONS = [f"{method}_test" for method in explain.IMAGE_METHODS]
@@ -261,3 +261,14 @@ def test_ema_run_evaluates_and_resumes_the_average(tiny, tmp_path):
     train.train_and_evaluate(tiny_config, str(tmp_path))
     state, progress = _latest_params(str(tmp_path), tiny_config)
     assert progress["finished"] and state.ema_params is not None
+
+
+def test_a_key_added_after_a_run_counts_as_its_default(tiny_config):
+    """A run written before model.conv3d existed resumes (and ensembles) as one with its default,
+    and only then."""
+    current = run_config.results_config(tiny_config)
+    written_before = {k: v for k, v in current.items() if k != "model.conv3d"}
+    assert run_config.config_changes(written_before, current) == []
+    tiny_config.model.conv3d = "acs"
+    changed = run_config.results_config(tiny_config)
+    assert run_config.config_changes(written_before, changed) == ["model.conv3d: 'full' -> 'acs'"]

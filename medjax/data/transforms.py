@@ -60,6 +60,15 @@ def augment(
     return image * scale + offset
 
 
+def mixup(first, second, seed: tf.Tensor, alpha: float):
+    """Mixup (Zhang et al., ICLR 2018) of two examples, each a tuple of float tensors (image,
+    label probabilities, ...): w * first + (1 - w) * second, element by element, with one weight
+    w ~ Beta(alpha, alpha) drawn from `seed`."""
+    gammas = tf.random.stateless_gamma([2], seed, alpha)
+    weight = gammas[0] / (gammas[0] + gammas[1])
+    return tuple(weight * a + (1.0 - weight) * b for a, b in zip(first, second, strict=True))
+
+
 def _rotate_planes(image: tf.Tensor, angle: tf.Tensor, background: float) -> tf.Tensor:
     """Rotates the planes of [H, W, C] or [D, H, W, C] about the plane's center."""
     planes = tf.reshape(image, [-1, *image.shape[-3:]])

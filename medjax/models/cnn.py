@@ -17,16 +17,21 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from medjax.models.conv import Conv
+from medjax.models.conv import ACSConv, Conv
 
 NORMS = ("batch", "group")
+CONVS_3D = ("full", "acs")
 
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _conv(features: int, kernel: int, strides: int, ndim: int, dtype: Any, name: str) -> nn.Conv:
+def _conv(module: nn.Module, features: int, kernel: int, strides: int, ndim: int, name: str):
     """Bias-free conv; 'SAME' at stride 1, torchvision's symmetric padding (kernel // 2) else.
-    3D convolutions on CPU run as 2D ones over depth taps (medjax.models.conv)."""
+    3D convolutions on CPU run as 2D ones over depth taps (medjax.models.conv); with
+    `module.conv3d` "acs", a 3D kernel wider than 1 is an ACS convolution."""
+    dtype = module.dtype
+    if ndim == 3 and kernel > 1 and module.conv3d == "acs":
+        return ACSConv(features, kernel, strides, dtype, jnp.float32, _conv_init, name=name)
     padding = "SAME" if strides == 1 else ((kernel // 2, kernel // 2),) * ndim
     return Conv(
         features,
@@ -68,7 +73,7 @@ def _shortcut(block: nn.Module, x, shape: tuple[int, ...], train: bool):
     if x.shape == shape:
         return x
     ndim, f = x.ndim - 2, shape[-1]
-    x = _conv(f, 1, block.strides, ndim, block.dtype, "conv_proj")(x)
+    x = _conv(block, f, 1, block.strides, ndim, "conv_proj")(x)
     return _norm(block, f, train, "norm_proj")(x)
 
 
@@ -80,13 +85,14 @@ class BasicBlock(nn.Module):
     norm: str = "batch"
     dtype: Any = jnp.float32
     norm_axis_name: str | None = None
+    conv3d: str = "full"
 
     @nn.compact
     def __call__(self, x, *, train: bool):
         ndim, f = x.ndim - 2, self.features
-        y = _conv(f, 3, self.strides, ndim, self.dtype, "conv1")(x)
+        y = _conv(self, f, 3, self.strides, ndim, "conv1")(x)
         y = nn.relu(_norm(self, f, train, "norm1")(y))
-        y = _conv(f, 3, 1, ndim, self.dtype, "conv2")(y)
+        y = _conv(self, f, 3, 1, ndim, "conv2")(y)
         y = _norm(self, f, train, "norm2")(y)
         return nn.relu(y + _shortcut(self, x, y.shape, train))
 
@@ -99,15 +105,16 @@ class BottleneckBlock(nn.Module):
     norm: str = "batch"
     dtype: Any = jnp.float32
     norm_axis_name: str | None = None
+    conv3d: str = "full"
 
     @nn.compact
     def __call__(self, x, *, train: bool):
         ndim, f = x.ndim - 2, self.features
-        y = _conv(f, 1, 1, ndim, self.dtype, "conv1")(x)
+        y = _conv(self, f, 1, 1, ndim, "conv1")(x)
         y = nn.relu(_norm(self, f, train, "norm1")(y))
-        y = _conv(f, 3, self.strides, ndim, self.dtype, "conv2")(y)
+        y = _conv(self, f, 3, self.strides, ndim, "conv2")(y)
         y = nn.relu(_norm(self, f, train, "norm2")(y))
-        y = _conv(4 * f, 1, 1, ndim, self.dtype, "conv3")(y)
+        y = _conv(self, 4 * f, 1, 1, ndim, "conv3")(y)
         y = _norm(self, 4 * f, train, "norm3")(y)
         return nn.relu(y + _shortcut(self, x, y.shape, train))
 
@@ -127,6 +134,8 @@ class ResNet(nn.Module):
       dtype: compute dtype; parameters stay float32.
       norm_axis_name: under pmap, the axis over which batch norm also pools its statistics
         in training (synchronised batch norm); None: within the device's batch only.
+      conv3d: for volumes, "full" (k x k x k kernels) or "acs" (ACS convolutions: 2D kernels
+        split over the three planes, medjax.models.conv.ACSConv; Yang et al. 2021).
     """
 
     stage_sizes: Sequence[int]
@@ -138,10 +147,13 @@ class ResNet(nn.Module):
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
     norm_axis_name: str | None = None
+    conv3d: str = "full"
 
     def __post_init__(self):
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; valid values: {', '.join(NORMS)}")
+        if self.conv3d not in CONVS_3D:
+            raise ValueError(f"unknown conv3d {self.conv3d!r}; valid values: {', '.join(CONVS_3D)}")
         super().__post_init__()
 
     @nn.compact
@@ -149,7 +161,7 @@ class ResNet(nn.Module):
         ndim = x.ndim - 2
         widths = [max(1, round(64 * 2**i * self.width)) for i in range(len(self.stage_sizes))]
         kernel, strides = (3, 1) if self.small_input else (7, 2)
-        x = _conv(widths[0], kernel, strides, ndim, self.dtype, "stem_conv")(x)
+        x = _conv(self, widths[0], kernel, strides, ndim, "stem_conv")(x)
         x = nn.relu(_norm(self, widths[0], train, "stem_norm")(x))
         if not self.small_input:
             x = nn.max_pool(x, (3,) * ndim, strides=(2,) * ndim, padding=((1, 1),) * ndim)
@@ -162,6 +174,7 @@ class ResNet(nn.Module):
                     self.norm,
                     self.dtype,
                     self.norm_axis_name,
+                    self.conv3d,
                     name=f"stage{i}_block{j}",
                 )
                 x = block(x, train=train)

@@ -10,13 +10,19 @@ along the channel axis and runs one 2D convolution over (H, W) with the kernel r
 (kh, kw, kd * C_in, C_out), the output depth folded into the batch axis: the same function,
 5 to 6 times faster to train here. Other backends, and any other convolution, go to
 `jax.lax.conv_general_dilated` unchanged.
+
+`ACSConv` is the ACS convolution of volumes (Yang et al., IEEE JBHI 2021): one 2D kernel whose
+output channels are split in three, each third run over one plane of the volume.
 """
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 _CHANNELS_LAST_3D = ("NDHWC", "DHWIO", "NDHWC")
@@ -93,3 +99,53 @@ def conv_general_dilated(
 
 
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+
+
+class ACSConv(nn.Module):
+    """ACS convolution of volumes [B, D, H, W, C]: a 2D kernel [k, k, C, O] whose output
+    channels are split in three (`np.array_split`), the first third run over the axial planes
+    (H, W), the second over the coronal (D, W), the last over the sagittal (D, H), outputs
+    concatenated in that order: a 3D convolution whose kernel is zero off the three planes
+    through its centre. Padding is k // 2 in the plane (torchvision's, 'SAME' at stride 1); no
+    bias, as medjax's ResNets. Each third runs as a 2D convolution with the axis across its
+    plane folded into the batch: a third of a full kernel's work, but thin convolutions (a
+    third of the output channels each). A 3D ResNet-18 on 28^3 volumes, 2 CPU cores, trained at
+    182 examples/s against 105 with full kernels (width 0.5, the standard stem), but at 14
+    against 18 (width 0.25, the small-input stem: 16-channel maps of 28^3)."""
+
+    features: int
+    kernel_size: int
+    strides: int = 1
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x):
+        k = self.kernel_size
+        shape = (k, k, x.shape[-1], self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        bounds = np.cumsum([len(part) for part in np.array_split(range(self.features), 3)])
+        outputs = [
+            plane_conv(x, part, axis, self.strides)
+            for axis, part in enumerate(jnp.split(kernel, bounds[:2], axis=-1), start=1)
+            if part.shape[-1]  # none with fewer than 3 output channels
+        ]
+        return jnp.concatenate(outputs, axis=-1)
+
+
+def plane_conv(x, kernel, axis: int, strides: int):
+    """The 2D convolution (kernel [k, k, C, O], padding k // 2) of each plane across spatial
+    `axis` (1, 2 or 3) of x [B, D, H, W, C], strided by `strides` in the plane and across it."""
+    k = kernel.shape[0]
+    x = jnp.moveaxis(x, axis, 1)[:, ::strides]  # [B, N, P, Q, C], the planes along axis 1
+    batch, planes = x.shape[:2]
+    y = lax.conv_general_dilated(
+        x.reshape(batch * planes, *x.shape[2:]),
+        kernel,
+        (strides, strides),
+        ((k // 2, k // 2),) * 2,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    return jnp.moveaxis(y.reshape(batch, planes, *y.shape[1:]), 1, axis)

@@ -3,6 +3,7 @@
 import functools
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tensorflow as tf
@@ -30,6 +31,18 @@ def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict
         raise ConfigError(
             f"data.balanced_sampling needs one class per example; {dataset.name} is multi-label:"
             " use loss.class_weights (one per label) instead"
+        )
+    augment = config.data.augment
+    if augment.mixup_alpha > 0 and config.privacy.enabled:
+        raise ConfigError(
+            "data.augment.mixup_alpha > 0 mixes examples, so one example is in several training "
+            "rows and DP-SGD's per-example bound fails; set it to 0 with privacy.enabled"
+        )
+    flips = config.evaluation.test_time_flips
+    if flips and not (augment.enabled and augment.flip_left_right):
+        raise ConfigError(
+            "evaluation.test_time_flips averages over mirrored images, but training saw none; "
+            "set data.augment.enabled and data.augment.flip_left_right too, or turn it off"
         )
     train_batches, eval_batches = image_pipelines.image_pipelines(config, dataset)
     example_image = np.zeros((1, *dataset.image_shape, dataset.channels), np.float32)
@@ -60,8 +73,7 @@ def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict
         prediction_table=lambda split, gathered: scoring.prediction_table(
             gathered, dataset.load_split(split)["ids"]
         ),
-        description=f"{dataset.description}; model {config.model.name} "
-        f"(width {config.model.width}, {config.model.norm} norm)",
+        description=_description(config, dataset),
         selection_metrics=("auroc", "auprc", "accuracy", "loss")
         + (("brier",) if dataset.multilabel else ("balanced_accuracy", "ece")),
         split_sizes=lambda: image_pipelines.image_split_sizes(dataset),
@@ -70,6 +82,7 @@ def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict
         # The score explained: the log-odds of class 1.
         explain=functools.partial(explain_examples, model, dataset, baseline) if binary else None,
         ensemble_outputs=functools.partial(ensemble_outputs, multilabel=dataset.multilabel),
+        test_time_views=with_mirror if flips else None,
     )
 
 
@@ -85,13 +98,32 @@ def _model(config: ml_collections.ConfigDict, num_classes: int):
             dtype=compute_dtype(config),
             # Under pmap, batch norm pools its statistics over devices, as jit's global batch.
             norm_axis_name=parallel.AXIS if config.parallel == "pmap" else None,
+            conv3d=config.model.conv3d,
         )
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
 
 
+def _description(config: ml_collections.ConfigDict, dataset) -> str:
+    model, mixup = config.model, config.data.augment.mixup_alpha
+    details = [f"width {model.width}", f"{model.norm} norm"]
+    if len(dataset.image_shape) == 3 and model.conv3d == "acs":
+        details.append("ACS convolutions")
+    if mixup > 0:
+        details.append(f"mixup alpha {mixup:g}")
+    text = f"{dataset.description}; model {model.name} ({', '.join(details)})"
+    if config.evaluation.test_time_flips:
+        text += "; test-time augmentation: the mean logits of each image and its mirror image"
+    return text
+
+
 def image_of(batch):
     return batch["image"]
+
+
+def with_mirror(image):
+    """The images [B, ..., W, C] and their left-right mirrors, as the training flips make."""
+    return image, jnp.flip(image, axis=-2)
 
 
 def loss(logits, batch, step, *, multilabel, class_weights, label_smoothing, focal_gamma):

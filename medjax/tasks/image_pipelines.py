@@ -43,7 +43,9 @@ def image_pipelines(config: ml_collections.ConfigDict, dataset, *, normal_only: 
 
 
 def train_batches(config, dataset, start_step: int, *, normal_only: bool = False):
-    """This process's augmented training batches from step `start_step` on (see pipeline)."""
+    """This process's augmented training batches from step `start_step` on (see pipeline).
+    With `data.augment.mixup_alpha` > 0, each example is mixed with a random one of the
+    training split (transforms.mixup), its label becoming a row of class probabilities."""
     data = config.data
     arrays = dataset.load_split("train")
     keep = is_normal(arrays["labels"]) if normal_only else slice(None)
@@ -51,7 +53,7 @@ def train_batches(config, dataset, start_step: int, *, normal_only: bool = False
     images, labels = tf.constant(arrays["images"][keep]), tf.constant(train_labels)
     augment, background = data.augment, background_of(dataset)
 
-    def load(index, seed):
+    def example(index, seed):
         image = _with_channels(tf.gather(images, index), dataset)
         if augment.enabled:
             image = transforms.augment(
@@ -64,9 +66,31 @@ def train_batches(config, dataset, start_step: int, *, normal_only: bool = False
                 intensity_scale=augment.intensity_scale,
                 background=background,
             )
-        return {"image": model_input(image, dataset, data), "label": tf.gather(labels, index)}
+        return model_input(image, dataset, data), tf.gather(labels, index)
+
+    def load(index, seed):
+        if augment.mixup_alpha <= 0:
+            image, label = example(index, seed)
+            return {"image": image, "label": label}
+        seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+        partner = tf.random.stateless_uniform([], seeds[0], 0, len(train_labels), dtype=index.dtype)
+        first, second = example(index, seeds[1]), example(partner, seeds[2])
+        image, label = transforms.mixup(
+            (first[0], _probabilities(first[1], dataset)),
+            (second[0], _probabilities(second[1], dataset)),
+            seeds[3],
+            augment.mixup_alpha,
+        )
+        return {"image": image, "label": label}
 
     return config_train_batches(config, train_labels, load, start_step)
+
+
+def _probabilities(label, dataset):
+    """A label as float targets: a one-hot row of a class id, or a multi-label row as floats."""
+    if dataset.multilabel:
+        return tf.cast(label, tf.float32)
+    return tf.one_hot(label, dataset.num_classes, dtype=tf.float32)
 
 
 def eval_batches(config, dataset, split: str):

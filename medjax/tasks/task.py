@@ -65,6 +65,8 @@ class Task:
         in the same order) -> an ensemble's: the mean of their logits, with what derives from
         logits (probabilities) recomputed from it; None where the outputs have no logits (the
         VAE): such a task has no ensembles (--mode=ensemble).
+      test_time_views: model inputs -> a tuple of inputs (test-time augmentation) whose model
+        outputs evaluation averages; None: the inputs alone.
     """
 
     model: nn.Module
@@ -88,6 +90,7 @@ class Task:
     explain: Callable[..., list[str]] | None = None
     rng_streams: tuple[str, ...] = ("dropout",)
     ensemble_outputs: Callable[[list[dict[str, np.ndarray]]], dict[str, np.ndarray]] | None = None
+    test_time_views: Callable[[Any], tuple] | None = None
 
 
 def config_train_batches(config: ml_collections.ConfigDict, labels, load, start_step: int):

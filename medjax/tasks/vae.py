@@ -30,6 +30,11 @@ def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict
             f"the vae task scores anomalies against binary labels (0 normal, 1 anomaly); "
             f"{dataset.name} has {dataset.num_classes} classes"
         )
+    if config.data.augment.mixup_alpha > 0 or config.evaluation.test_time_flips:
+        raise ConfigError(
+            "data.augment.mixup_alpha and evaluation.test_time_flips are for classifiers; "
+            "set them to 0 and False for the vae task"
+        )
     model = _model(config)
     normal_only = config.data.normal_only
     train_batches, eval_batches = image_pipelines.image_pipelines(

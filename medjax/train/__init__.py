@@ -4,11 +4,11 @@ modes `evaluate`, `explain`, `predict` and `ensemble`.
 state.py holds the training state; steps.py the jitted steps; loop.py the training loop;
 evaluation.py the evaluation of a checkpoint; checks.py the pre-flight checks; run_config.py
 the config diffs and fingerprints that guard resuming; modes.py evaluate, explain and predict;
-ensemble.py the evaluation of an ensemble of runs.
+ensemble.py the evaluation of an ensemble of runs, and their training (`train_ensemble`).
 """
 
-from medjax.train.ensemble import ensemble
+from medjax.train.ensemble import ensemble, train_ensemble
 from medjax.train.loop import train_and_evaluate
 from medjax.train.modes import evaluate, explain, predict
 
-__all__ = ["ensemble", "evaluate", "explain", "predict", "train_and_evaluate"]
+__all__ = ["ensemble", "evaluate", "explain", "predict", "train_and_evaluate", "train_ensemble"]

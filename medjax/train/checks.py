@@ -49,6 +49,10 @@ def check_trainer(config: ml_collections.ConfigDict, task: Task) -> None:
             raise ConfigError(f"trainer.{name}={trainer[name]} must be a positive integer")
     if trainer.on_nonfinite not in ("stop", "skip"):
         raise ConfigError(f"trainer.on_nonfinite={trainer.on_nonfinite!r}; use stop or skip")
+    if trainer.ensemble_size < 1:
+        raise ConfigError(
+            f"trainer.ensemble_size={trainer.ensemble_size} must be a positive integer (1: one run)"
+        )
     if not 0.0 <= trainer.ema_decay < 1.0:
         raise ConfigError(f"trainer.ema_decay={trainer.ema_decay} must be in [0, 1); 0 is off")
 

@@ -1,5 +1,6 @@
 """`--mode=ensemble`: the final evaluation of the mean logits of several finished runs of one
-config (seeds, say), in a workdir of its own."""
+config (seeds, say), in a workdir of its own; and `train_ensemble`, which trains those runs
+first (`trainer.ensemble_size` > 1)."""
 
 import json
 import os
@@ -16,6 +17,7 @@ from medjax.outputs import report, writers
 from medjax.tasks import Task, build_task
 from medjax.train import checks, run_config
 from medjax.train.evaluation import evaluate_split, report_evaluation
+from medjax.train.loop import train_and_evaluate
 from medjax.train.modes import restore_latest_and_best, trained_config
 
 # What a member's config may differ in from the ensemble's: how its weights were fitted. All
@@ -71,6 +73,25 @@ def ensemble(
     )
 
 
+def train_ensemble(
+    config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
+) -> dict[str, float]:
+    """Trains (or resumes, or re-reads) `config.trainer.ensemble_size` runs of `config`, seeds
+    seed, seed + 1, ..., in `workdir/members/seed_<s>`, then evaluates the mean of their logits
+    on the test split in `workdir` (`ensemble`). Returns the ensemble's test metrics."""
+    _refuse_training_workdir(workdir)
+    size = config.trainer.ensemble_size
+    members = []
+    for k in range(size):
+        member = config.copy_and_resolve_references()
+        with member.unlocked():
+            member.seed, member.trainer.ensemble_size = config.seed + k, 1
+        members.append(os.path.join(workdir, "members", f"seed_{member.seed}"))
+        logging.info("Ensemble member %d of %d: %s", k + 1, size, members[-1])
+        train_and_evaluate(member, members[-1], allow_config_change=allow_config_change)
+    return ensemble(config, workdir, members)
+
+
 def _check_members(workdir: str, members: Sequence[str]) -> None:
     """Refuses fewer than two members, one listed twice, or a --workdir that holds a run."""
     found = [os.path.realpath(member) for member in members]
@@ -81,6 +102,10 @@ def _check_members(workdir: str, members: Sequence[str]) -> None:
         )
     if os.path.realpath(workdir) in found:
         raise ConfigError(f"--workdir={workdir} is one of the --members; give it another")
+    _refuse_training_workdir(workdir)
+
+
+def _refuse_training_workdir(workdir: str) -> None:
     if os.path.exists(os.path.join(workdir, "checkpoints")):
         raise ConfigError(f"--workdir={workdir} holds a training run (checkpoints/); give another")
 

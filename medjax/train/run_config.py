@@ -7,6 +7,7 @@ import ml_collections
 from absl import logging
 from flax import traverse_util
 
+from configs import default
 from medjax.errors import ConfigError
 from medjax.tasks import Task
 
@@ -49,9 +50,13 @@ def fingerprint(config: ml_collections.ConfigDict, task: Task) -> dict:
 
 
 def config_changes(old: dict, new: dict, keep=lambda key: True) -> list[str]:
-    """`key: old -> new` for each flattened key (that `keep` accepts) whose values differ."""
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
-            if keep(k) and old.get(k) != new.get(k)]  # fmt: skip
+    """`key: old -> new` for each flattened key (that `keep` accepts) whose values differ. A
+    key one config lacks (written before the key was added) counts as at its default, which
+    keeps the behaviour from before (configs/default.py)."""
+    defaults = flat(default.get_config())
+    old, new = ({k: values.get(k, defaults.get(k)) for k in old.keys() | new.keys()}
+                for values in (old, new))  # fmt: skip
+    return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(old) if keep(k) and old[k] != new[k]]
 
 
 def input_rule_changes(trained: ml_collections.ConfigDict, config: ml_collections.ConfigDict):

@@ -168,14 +168,15 @@ def eval_step(state: TrainState, batch, *, task: Task):
     """The task's per-example evaluation outputs of a global batch, with its `valid` flags.
 
     Models that sample in evaluation (a VAE's latents) get randomness fixed by the seed and the
-    batch's first example, so an evaluation is repeatable."""
+    batch's first example, so an evaluation is repeatable. With `task.test_time_views`, the
+    outputs are the mean of the views' outputs."""
     key = jax.random.fold_in(jax.random.fold_in(state.key, EVAL_STREAM), batch["index"][0])
-    outputs = task.model.apply(
-        model_variables(state.eval_params, state.batch_stats),
-        task.model_inputs(batch),
-        train=False,
-        rngs=stream_keys(key, task.rng_streams),
-    )
+    inputs = task.model_inputs(batch)
+    views = task.test_time_views(inputs) if task.test_time_views else (inputs,)
+    variables = model_variables(state.eval_params, state.batch_stats)
+    rngs = stream_keys(key, task.rng_streams)
+    each = [task.model.apply(variables, view, train=False, rngs=rngs) for view in views]
+    outputs = jax.tree.map(lambda *view_outputs: sum(view_outputs) / len(views), *each)
     return {**task.eval_outputs_fn(outputs, batch), "valid": batch["valid"]}
 
 
