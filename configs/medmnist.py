@@ -17,8 +17,10 @@ BreastMNIST, RetinaMNIST and AdrenalMNIST3D have recipes (`RECIPES`, chosen by t
 of experiments/medmnist/README.md): BreastMNIST and RetinaMNIST are ensembles of 5 seeds
 (`trainer.ensemble_size`, members in <workdir>/members/) with test-time flips, RetinaMNIST with
 mixup and weight decay 0.05; AdrenalMNIST3D is one ResNet-18 at width 0.5 with ACS convolutions
-and the standard stem, 30 epochs, with test-time flips. What each reaches, in how long, is in
-experiments/medmnist/results.md, made by
+and the standard stem, 30 epochs, with test-time flips. Measured on 2 CPU cores, 2026-12-05
+(experiments/medmnist/results.md): BreastMNIST test AUC 0.903, ACC 0.853 (the ensemble; 7.9 min
+for all 5 seeds), RetinaMNIST 0.748 / 0.540 (the ensemble; 12.8 min), AdrenalMNIST3D 0.885 /
+0.801 (mean of seeds 0, 1, 2; 4.8 min per run). Made by
 
   python experiments/medmnist/run.py --data_dir=DIR --datasets=breastmnist,retinamnist,adrenalmnist3d
 """

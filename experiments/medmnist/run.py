@@ -33,6 +33,14 @@ PAPER = {
     "adrenalmnist3d": [("ResNet-50 + 3D", 0.828, 0.745)],
 }  # fmt: skip
 
+SOURCES = """\
+The paper's figures were checked against copies of its published tables (the paper's own pages
+were not readable from here): BreastMNIST and RetinaMNIST rows agree across several copies,
+except BreastMNIST ResNet-18 (224), found only on the authors' pre-publication page. For
+AdrenalMNIST3D only the ResNet-50 + 3D row was found in a copy of the final table; the best rows
+quoted by issue 19 (AUC 0.839, ResNet-18 + ACS; ACC 0.802, auto-sklearn) could not be checked.
+"""
+
 flags.DEFINE_string("data_dir", None, "Folder holding (or to receive) the MedMNIST .npz files.")
 flags.DEFINE_list("datasets", ["breastmnist"], "MedMNIST names, e.g. pneumoniamnist_64.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Values of config.seed (an ensemble: its first).")
@@ -81,7 +89,7 @@ def main(argv):
     for name in FLAGS.datasets:
         rows = PAPER.get(name, [])
         lines += [f"- {name}: " + "; ".join(f"{m} {auc:.3f} / {acc:.3f}" for m, auc, acc in rows)]
-    text = "\n".join(lines) + "\n\nMean ± standard deviation over seeds.\n"
+    text = "\n".join(lines) + "\n\nMean ± standard deviation over seeds.\n\n" + SOURCES
     with open(FLAGS.out, "w") as f:
         f.write(text)
     print(text)
