@@ -17,6 +17,7 @@ import runpy
 from absl import app, flags
 
 from configs import medmnist
+from medjax.train.ensemble import member_workdir
 
 # MedMNIST v2 (Yang et al., Scientific Data 2023), test AUC and ACC of the methods of its
 # benchmark tables, as copies of the tables give them (experiments/medmnist/results.md says
@@ -70,8 +71,7 @@ def main(argv):
         runs, (row,) = sweep["sweep"](f"configs/medmnist.py:{name}", [], seeds, out, overrides)
         if size > 1:
             (run,) = runs
-            members = [os.path.join(run["workdir"], "members", f"seed_{int(run['seed']) + k}")
-                       for k in range(size)]  # fmt: skip
+            members = [member_workdir(run["workdir"], int(run["seed"]) + k) for k in range(size)]
             results = [(sweep["test_line"](m), 0.0) for m in members]
             (single,) = sweep["summarise"]([run] * size, results)
             recipe = f"ensemble of {size} seeds"

@@ -86,10 +86,15 @@ def train_ensemble(
         member = config.copy_and_resolve_references()
         with member.unlocked():
             member.seed, member.trainer.ensemble_size = config.seed + k, 1
-        members.append(os.path.join(workdir, "members", f"seed_{member.seed}"))
+        members.append(member_workdir(workdir, member.seed))
         logging.info("Ensemble member %d of %d: %s", k + 1, size, members[-1])
         train_and_evaluate(member, members[-1], allow_config_change=allow_config_change)
     return ensemble(config, workdir, members)
+
+
+def member_workdir(workdir: str, seed: int) -> str:
+    """Where `train_ensemble` trains the member of seed `seed` of the ensemble in `workdir`."""
+    return os.path.join(workdir, "members", f"seed_{seed}")
 
 
 def _check_members(workdir: str, members: Sequence[str]) -> None:
