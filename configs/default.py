@@ -12,7 +12,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0  # every random choice of training derives from it (init, dropout, order)
-    config.task = "classification"  # medjax.tasks.TASKS: classification, ehr or vae
+    config.task = "classification"  # medjax.tasks.TASKS: classification, ehr, vae, contrastive
     config.dtype = "float32"  # compute dtype: float32 or bfloat16 (parameters stay float32)
     config.parallel = "jit"  # jit (sharded global arrays) or pmap (classic, replicated state)
 
@@ -54,6 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
     model.norm = "batch"  # cnn: batch or group
     model.small_input = True  # cnn: 3x3 stride-1 stem, no max-pool (MedMNIST's ResNet (28))
     model.conv3d = "full"  # cnn on volumes: full (k^3 kernels) or acs (2D kernels over 3 planes)
+    model.projection_size = 128  # contrastive: embedding size after SimCLR's projection head
     model.hidden_size = 64  # rnn: units per direction and layer
     model.num_layers = 1  # rnn: stacked layers
     model.bidirectional = False  # rnn: gru and lstm only
@@ -66,6 +67,20 @@ def get_config() -> ml_collections.ConfigDict:
     model.vae_widths = (32, 64)  # vae: encoder widths, one stride-2 stage each
     model.likelihood = "bernoulli"  # vae: bernoulli, gaussian_fixed or gaussian_learned
     model.eval_samples = 16  # vae: importance samples for iw_nll in evaluation
+    model.vae_decoder_blocks = 0  # vae: residual blocks at each decoder scale below the output's
+    model.pixel_std = False  # vae, gaussian_learned: one learned std per pixel, not one scalar
+    # vae: p(z): normal (N(0, I)), mixture (M learned Gaussians) or vamp (the VampPrior: the
+    # posteriors of M learned pseudo-inputs), M = prior_components
+    model.prior = "normal"
+    model.prior_components = 16
+
+    # Where training starts: fresh weights, or those of another run or file (medjax/pretrained.py).
+    config.init = init = ml_collections.ConfigDict()
+    init.from_workdir = ""  # a run whose best checkpoint's matching tensors (name, shape) load
+    init.from_file = ""  # a torchvision ResNet state dict, .safetensors or .npz, loaded alike
+    # "": train all; "backbone": all but the head (linear probing); or comma-separated glob
+    # patterns over parameter paths ("stem_*,stage0_*"): those stay as initialised
+    init.freeze = ""
 
     config.loss = loss = ml_collections.ConfigDict()
     loss.label_smoothing = 0.0
@@ -73,6 +88,7 @@ def get_config() -> ml_collections.ConfigDict:
     loss.class_weights = ()  # classification: one per class, or () for none
     loss.positive_weight = 1.0  # ehr: weight of the positive term of the sigmoid loss
     loss.per_step_weight = 0.0  # ehr: weight of an extra loss on every valid step's prediction
+    loss.temperature = 0.1  # contrastive: NT-Xent temperature of the cosine similarities
     loss.beta = 1.0  # vae: weight of the KL term
     loss.kl_warmup_steps = 0  # vae: the KL weight rises linearly from 0 over these steps
 
@@ -85,6 +101,7 @@ def get_config() -> ml_collections.ConfigDict:
     data.num_val = 1000
     data.num_test = 2000
     data.balanced_sampling = False  # oversample smaller classes to the largest one
+    data.label_fraction = 1.0  # images: train on this share of the training split (by class)
     data.num_folds = 0  # K >= 2: K-fold cross-validation by patient, fold data.fold is test
     data.fold = 0  # with num_folds: the test fold; val is data.val_fraction of the others
     # Images.

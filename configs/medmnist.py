@@ -22,11 +22,13 @@ and the standard stem, 30 epochs, with test-time flips. Measured on 2 CPU cores,
 for all 5 seeds), RetinaMNIST 0.748 / 0.540 (the ensemble; 12.8 min), AdrenalMNIST3D 0.885 /
 0.801 (mean of seeds 0, 1, 2; 4.8 min per run). Made by
 
-  python experiments/medmnist/run.py --data_dir=DIR --datasets=breastmnist,retinamnist,adrenalmnist3d
+  python experiments/medmnist/run.py --data_dir=DIR \
+      --datasets=breastmnist,retinamnist,adrenalmnist3d
 """
 
 from configs import default
 from medjax.data import medmnist
+from medjax.errors import ConfigError
 
 EPOCHS = 50  # the paper trains 100
 # The recommended recipes (experiments/medmnist/README.md): epochs, and changes to the generic
@@ -40,7 +42,12 @@ RECIPES = {
 }  # fmt: skip
 
 
-def get_config(name: str = "breastmnist"):
+def get_config(name: str = ""):
+    if not name:
+        raise ConfigError(
+            "configs/medmnist.py needs the dataset's name after a colon: "
+            "--config=configs/medmnist.py:breastmnist (any MedMNIST name, e.g. pneumoniamnist_64)"
+        )
     base, size = medmnist.parse_name(name)
     info = medmnist.INFO[base]
     epochs, recipe = RECIPES.get(name, (EPOCHS, {}))

@@ -106,18 +106,46 @@ def _save(manager: ocp.CheckpointManager, step: int, state: Any, progress: dict)
 
 
 def _restore(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple[Any, dict] | None:
-    step = manager.latest_step()
-    if step is None:
-        return None
-    _check_shapes(os.path.join(manager.directory, str(step), "state"), abstract_state)
-    with _quiet():
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), progress=ocp.args.JsonRestore()
-            ),
+    """The newest checkpoint that can be read; one that cannot (missing or corrupt files) is
+    renamed <step>.damaged, with a warning, and the next older one tried. ConfigError where
+    checkpoints exist and none can be read, or where they hold another model."""
+    problems = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        path = os.path.join(manager.directory, str(step))
+        try:
+            _check_shapes(os.path.join(path, "state"), abstract_state)
+            with _quiet():
+                restored = manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state),
+                        progress=ocp.args.JsonRestore(),
+                    ),
+                )
+        except ConfigError:  # another model: no older checkpoint of this run would fit either
+            raise
+        except Exception as e:  # orbax reports damage as many kinds of error
+            problems.append(f"{path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            logging.warning("Checkpoint %s cannot be read (%s); trying an older one.",
+                            path, problems[-1])  # fmt: skip
+            _set_aside(manager, path)
+            continue
+        return restored.state, restored.progress
+    if problems:
+        raise ConfigError(
+            f"no checkpoint in {manager.directory} can be read ({'; '.join(problems)}); they "
+            "were renamed <step>.damaged. Delete the workdir's checkpoints folder to start over"
         )
-    return restored.state, restored.progress
+    return None
+
+
+def _set_aside(manager: ocp.CheckpointManager, path: str) -> None:
+    """Renames a damaged checkpoint folder out of the manager's sight (process 0)."""
+    if jax.process_index() == 0:
+        damaged = f"{path}.damaged"
+        shutil.rmtree(damaged, ignore_errors=True)
+        os.rename(path, damaged)
+    manager.reload()
 
 
 def _check_shapes(path: str, abstract_state: Any) -> None:

@@ -10,4 +10,9 @@ class NonFiniteError(RuntimeError):
 
 
 class Preempted(Exception):
-    """SIGTERM arrived; a checkpoint of the current step was saved. Exit status 143."""
+    """SIGTERM or SIGINT arrived while training; a checkpoint of the current step was saved.
+    Exit status 128 + the signal's number (143, 130)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum

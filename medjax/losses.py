@@ -291,6 +291,29 @@ def gaussian_log_density(z, mean, log_var):
     return jnp.sum(jnp.broadcast_to(per_dim, shape), axis=-1)
 
 
+def gaussian_mixture_log_density(z, logits, means, log_vars):
+    """log sum_m softmax(logits)_m N(z; means_m, diag(exp(log_vars_m))): a learned VAE prior.
+
+    Args:
+      z: [..., L], e.g. [K, B, L].
+      logits: [M], the unnormalised log weights of the M components.
+      means, log_vars: [M, L].
+
+    Returns:
+      [...]: z's shape without its last axis.
+    """
+    z = _as_float(z)
+    logits, means, log_vars = (jnp.asarray(a).astype(z.dtype) for a in (logits, means, log_vars))
+    _check_same("gaussian_mixture_log_density", means=means, log_vars=log_vars)
+    if means.ndim != 2 or logits.shape != means.shape[:1] or z.shape[-1:] != means.shape[1:]:
+        raise ValueError(
+            f"gaussian_mixture_log_density: z {z.shape}, logits {logits.shape} and means"
+            f" {means.shape} must be [..., L], [M] and [M, L]."
+        )
+    per_component = gaussian_log_density(z[..., None, :], means, log_vars)  # [..., M]
+    return jax.nn.logsumexp(per_component + jax.nn.log_softmax(logits), axis=-1)
+
+
 def negative_elbo(log_likelihood, kl, beta=1.0):
     """Per-example negative ELBO -(log p(x | z) - beta KL), in nats.
 
@@ -352,3 +375,22 @@ def _check_same(name, **arrays):
                 f"{name}: {other} has shape {b.shape} but {first} {a.shape}; they must match"
                 " (map over a sample axis with jax.vmap)."
             )
+
+
+def nt_xent(embeddings, temperature: float):
+    """SimCLR's contrastive loss (NT-Xent; Chen et al., 2020) of each example's two views.
+
+    embeddings [N, 2, D], two views of each of N examples. Each of the 2N views is classified
+    among the other 2N - 1 by cosine similarity / temperature, its own example's other view
+    being the right answer; returns the cross-entropy per example [N], the mean of its two
+    views'.
+    """
+    n, views, dims = embeddings.shape
+    z = embeddings.reshape(n * views, dims).astype(jnp.float32)
+    z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+    similarity = z @ z.T / temperature
+    similarity = jnp.where(jnp.eye(n * views, dtype=bool), -jnp.inf, similarity)
+    partner = jnp.arange(n * views) ^ 1  # rows 2i and 2i + 1 are the two views of example i
+    positive = similarity[jnp.arange(n * views), partner]
+    loss = jax.nn.logsumexp(similarity, axis=-1) - positive
+    return loss.reshape(n, views).mean(axis=-1)

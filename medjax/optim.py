@@ -1,12 +1,16 @@
 """The optax optimiser and learning-rate schedule named by the `optimizer` config."""
 
+import fnmatch
+
 import jax
 import ml_collections
 import optax
+from flax import traverse_util
 
 from medjax.errors import ConfigError
 
 SCHEDULES = ("cosine", "linear", "constant")
+HEAD_NAMES = ("head", "projection")  # what `init.freeze=backbone` leaves trainable
 
 
 def learning_rate_schedule(opt: ml_collections.ConfigDict, num_train_steps: int) -> optax.Schedule:
@@ -42,10 +46,11 @@ def decay_mask(params):
 
 
 def create_optimizer(
-    opt: ml_collections.ConfigDict, num_train_steps: int
+    opt: ml_collections.ConfigDict, num_train_steps: int, freeze: str = ""
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """adamw (decoupled weight decay) or sgd with momentum (weight decay added to the gradient,
     as torch.optim.SGD), after clipping by the global gradient norm when `grad_clip_norm` > 0.
+    The parameters `freeze` names (`frozen_mask`) get zero updates and keep no optimiser state.
 
     Returns the optimiser and its learning-rate schedule.
     """
@@ -63,4 +68,43 @@ def create_optimizer(
         raise ConfigError(f"unknown optimizer.name {opt.name!r}; valid: adamw, sgd")
     if opt.grad_clip_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
+    if freeze:
+
+        def labels(params):
+            return jax.tree.map(lambda f: "frozen" if f else "trained", frozen_mask(params, freeze))
+
+        tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
     return tx, schedule
+
+
+def frozen_mask(params: dict, freeze: str) -> dict:
+    """True for the parameters `init.freeze` names: "backbone" (all but the head), or
+    comma-separated glob patterns over parameter paths ("stem_*,stage0_*"), a pattern
+    matching a path or any folder of it. ConfigError for a pattern that matches nothing."""
+    paths = list(traverse_util.flatten_dict(params, sep="/"))
+    if freeze == "backbone":
+        if not any(p.split("/")[0] in HEAD_NAMES for p in paths):
+            raise ConfigError(
+                "init.freeze='backbone' freezes all but the model's head, and this model has no "
+                "layer named head; give parameter-path patterns instead"
+            )
+        frozen = {p for p in paths if p.split("/")[0] not in HEAD_NAMES}
+    else:
+        frozen = set()
+        for pattern in filter(None, (p.strip() for p in freeze.split(","))):
+            matched = {p for p in paths if any(fnmatch.fnmatchcase(prefix, pattern)
+                                               for prefix in _folders(p))}  # fmt: skip
+            if not matched:
+                tops = sorted({p.split("/")[0] for p in paths})
+                raise ConfigError(
+                    f"init.freeze pattern {pattern!r} matches no parameter; paths are like "
+                    f"{paths[0]!r}, under: {', '.join(tops)}"
+                )
+            frozen |= matched
+    return traverse_util.unflatten_dict({p: p in frozen for p in paths}, sep="/")
+
+
+def _folders(path: str) -> list[str]:
+    """'a/b/c' -> ['a', 'a/b', 'a/b/c']."""
+    parts = path.split("/")
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]

@@ -52,6 +52,13 @@ class Plan:
             self.noise_multiplier, self.sampling_rate, steps, self.delta, self.accountant
         )
 
+    def truncation_probability(self, steps: int) -> float:
+        """A bound on the probability that any of `steps` Poisson samples, of this dataset or
+        a neighbour with one example more, exceeded `max_batch_size` and was truncated (a
+        union bound over the steps)."""
+        tail = stats.binom.sf(self.max_batch_size, self.dataset_size + 1, self.sampling_rate)
+        return min(1.0, steps * float(tail))
+
 
 def dp_event(noise_multiplier: float, sampling_rate: float, steps: int) -> dp_accounting.DpEvent:
     """`steps` compositions of the Poisson-sampled Gaussian mechanism."""
@@ -228,9 +235,14 @@ def add_noise(tree, key: jax.Array, std: float):
 
 def summary(plan: Plan, steps: int) -> dict:
     """privacy.json: what was spent, and the settings that spent it."""
+    spent, truncated = plan.epsilon(steps), plan.truncation_probability(steps)
     return {
-        "epsilon": plan.epsilon(steps),
+        "epsilon": spent,
         "delta": plan.delta,
+        # Truncating a sample (probability p) moves the output distribution by at most p in
+        # total variation, on either neighbour: the run is (epsilon, delta + (1 + e^eps) p)-DP.
+        "truncation_probability": truncated,
+        "delta_with_truncation": plan.delta + (1 + math.exp(spent)) * truncated,
         "steps": steps,
         "noise_multiplier": plan.noise_multiplier,
         "sampling_rate": plan.sampling_rate,

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12
@@ -107,18 +108,26 @@ def test_sigkill_at_random_steps_then_rerun_ends_bit_identical(
     _assert_same(_final(workdir), expected)
 
 
-def test_sigterm_saves_the_current_step_and_the_rerun_finishes(
-    tmp_path, host_devices_env, tiny_ct_cnn_command
+@pytest.mark.parametrize(
+    "stop, status, prefix",
+    [(signal.SIGTERM, 143, "preempted: stopped by SIGTERM"),
+     (signal.SIGINT, 130, "interrupted: stopped by SIGINT")],
+)  # fmt: skip
+def test_a_stop_signal_saves_the_current_step_and_the_rerun_finishes(
+    tmp_path, host_devices_env, tiny_ct_cnn_command, stop, status, prefix
 ):
+    """SIGTERM (preemption) and SIGINT (Ctrl-C) alike."""
     process = _start(tmp_path, host_devices_env, tiny_ct_cnn_command)
     _wait_for_step(process, tmp_path, 4)
     sent = time.time()
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(stop)
     _, stderr = process.communicate(timeout=60)
     assert time.time() - sent < 30
-    assert process.returncode == 143, stderr[-3000:]
-    message = [line for line in stderr.splitlines() if line.startswith("preempted: ")]
+    assert process.returncode == status, stderr[-3000:]
+    assert "Traceback" not in stderr
+    message = [line for line in stderr.splitlines() if line.startswith(prefix)]
     assert len(message) == 1 and "run the same command to continue" in message[0]
+    assert not (tmp_path / ".lock").exists()
     step = int(message[0].split("at step ")[1].split(",")[0])
     assert 4 <= step < STEPS
     assert str(step) in os.listdir(tmp_path / "checkpoints" / "latest")

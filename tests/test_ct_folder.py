@@ -11,6 +11,7 @@ import pydicom
 import pydicom.data
 import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.pixels import get_decoder
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from medjax import train
@@ -256,6 +257,115 @@ class TestNifti:
         path = write_nifti(tmp_path / "b.nii", np.zeros((4, 4, 3, 2)), np.eye(4))
         with pytest.raises(ConfigError, match=r"b.nii: image of shape \(4, 4, 3, 2\)"):
             ct_volume.read(path)
+
+
+# One asymmetric phantom in the canonical orientation, D along +S, H along +P, W along +L (LPS),
+# with voxel (d, h, w) at PHANTOM_ORIGIN + (w * x, h * y, d * z) mm for PHANTOM_SPACING (z, y, x).
+PHANTOM = 2.0 * np.random.default_rng(2).integers(-500, 500, (12, 16, 20))  # even: NIfTI slope 2
+PHANTOM_SPACING = (2.0, 1.5, 1.0)
+PHANTOM_ORIGIN = np.array([-9.5, -12.0, 40.0])
+
+
+def phantom_series(folder, orientation):
+    """PHANTOM as a DICOM series acquired in `orientation`; its slices in file order."""
+    depth, height, width = PHANTOM.shape
+    z, y, x = PHANTOM_SPACING
+    corner = [(width - 1) * x, (height - 1) * y, (depth - 1) * z]  # the voxel opposite (0,0,0)
+    if orientation == "head_first_supine":
+        axes, slices, spacing = AXIAL, PHANTOM, (y, x)
+        origins = [(0, 0, d * z) for d in range(depth)]
+    elif orientation == "feet_first_supine":  # columns to the patient's right, normal to feet
+        axes, slices, spacing = ((-1, 0, 0), (0, 1, 0)), PHANTOM[::-1, :, ::-1], (y, x)
+        origins = [(corner[0], 0, corner[2] - k * z) for k in range(depth)]
+    elif orientation == "head_first_prone":  # columns to the right, rows to the front
+        axes, slices, spacing = ((-1, 0, 0), (0, -1, 0)), PHANTOM[:, ::-1, ::-1], (y, x)
+        origins = [(corner[0], corner[1], d * z) for d in range(depth)]
+    elif orientation == "coronal":  # rows to the feet, slices front to back
+        axes, spacing = ((1, 0, 0), (0, 0, -1)), (z, x)
+        slices = PHANTOM.transpose(1, 0, 2)[:, ::-1]
+        origins = [(0, h * y, corner[2]) for h in range(height)]
+    else:  # sagittal: columns to the back, rows to the feet, the normal to the patient's right
+        axes, spacing = ((0, 1, 0), (0, 0, -1)), (z, y)
+        slices = PHANTOM.transpose(2, 0, 1)[:, ::-1]
+        origins = [(w * x, 0, corner[2]) for w in range(width)]
+    origins = [PHANTOM_ORIGIN + o for o in origins]
+    return write_series(folder, slices, origins, axes=axes, pixel_spacing=spacing, slope=1.0)
+
+
+def phantom_nifti(path, voxel_order):
+    """PHANTOM as NIfTI with voxel axes along (L, P, S) or (R, A, S); the affine maps to RAS."""
+    z, y, x = PHANTOM_SPACING
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    if voxel_order == "LPS":
+        data, start, steps = PHANTOM, PHANTOM_ORIGIN, np.diag([x, y, z])
+    else:
+        data, steps = PHANTOM[:, ::-1, ::-1], np.diag([-x, -y, z])
+        start = PHANTOM_ORIGIN + [(PHANTOM.shape[2] - 1) * x, (PHANTOM.shape[1] - 1) * y, 0]
+    affine = np.eye(4)
+    affine[:3, :3], affine[:3, 3] = lps_to_ras @ steps, lps_to_ras @ start
+    return write_nifti(path, data.transpose(2, 1, 0), affine)
+
+
+ORIENTATIONS = ("head_first_supine", "feet_first_supine", "head_first_prone", "coronal", "sagittal")
+
+
+class TestOrientation:
+    @pytest.mark.parametrize("orientation", ORIENTATIONS + ("nifti_LPS", "nifti_RAS"))
+    def test_every_orientation_gives_the_canonical_phantom(self, tmp_path, orientation):
+        if orientation.startswith("nifti"):
+            path = phantom_nifti(tmp_path / "scan.nii.gz", orientation[-3:])
+        else:
+            path = phantom_series(tmp_path / "scan", orientation)
+        volume = ct_volume.load(
+            path, spacing=PHANTOM_SPACING, shape=PHANTOM.shape, geometry="refuse"
+        )
+        np.testing.assert_allclose(volume, PHANTOM, atol=1e-3)
+        padded = ct_volume.load(
+            path, spacing=PHANTOM_SPACING, shape=(14, 18, 22), geometry="refuse"
+        )
+        np.testing.assert_allclose(padded[1:-1, 1:-1, 1:-1], PHANTOM, atol=1e-3)
+        assert (padded[[0, -1]] == ct_volume.AIR).all() and (padded[:, :, 0] == ct_volume.AIR).all()
+
+    def test_axial_orientations_agree_when_resampled(self, tmp_path):
+        kwargs = dict(spacing=(3.0, 2.0, 1.5), shape=(8, 12, 14), geometry="refuse")
+        paths = [phantom_series(tmp_path / o, o) for o in ORIENTATIONS[:3]]
+        paths.append(phantom_nifti(tmp_path / "scan.nii.gz", "RAS"))
+        volumes = [ct_volume.load(path, **kwargs) for path in paths]
+        for volume in volumes[1:]:
+            np.testing.assert_allclose(volume, volumes[0], atol=1e-3)
+
+
+class TestCompressed:
+    def test_rle_lossless_series_equals_the_uncompressed_one(self, tmp_path):
+        plain = phantom_series(tmp_path / "plain", "coronal")
+        rle = shutil.copytree(plain, tmp_path / "rle")
+        for path in ct_volume.dicom_files(rle):
+            dataset = pydicom.dcmread(path)
+            dataset.compress(pydicom.uid.RLELossless)
+            dataset.save_as(path)
+        assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == pydicom.uid.RLELossless
+        np.testing.assert_array_equal(ct_volume.read(rle).slices, ct_volume.read(plain).slices)
+
+    @pytest.mark.parametrize(
+        "syntax, fix",
+        [
+            (pydicom.uid.JPEGLSLossless, r"no decoder for it is installed.*'medjax\[dicom\]'"),
+            (pydicom.uid.MPEG2MPML, "which pydicom cannot decode; convert the series to NIfTI"),
+        ],
+    )
+    def test_undecodable_syntax_names_it_and_the_fix(self, tmp_path, monkeypatch, syntax, fix):
+        folder = write_series(tmp_path / "s", np.zeros((2, 4, 4)), [(0, 0, 0), (0, 0, 1)])
+        path = os.path.join(folder, "001.dcm")
+        dataset = pydicom.dcmread(path)
+        dataset.file_meta.TransferSyntaxUID = syntax
+        dataset.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8" + bytes(30)])
+        dataset["PixelData"].VR = "OB"
+        dataset.save_as(path)
+        if syntax == pydicom.uid.JPEGLSLossless and get_decoder(syntax).is_available:
+            monkeypatch.setattr(type(get_decoder(syntax)), "is_available", False)  # as if not
+        message = rf"001.dcm: pixel data in {syntax.name} \({syntax}\).*{fix}"
+        with pytest.raises(ConfigError, match=message):
+            ct_volume.read(folder)
 
 
 @pytest.mark.skipif(not os.path.isdir(REAL_SERIES), reason="../shared/data is absent")

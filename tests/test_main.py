@@ -38,8 +38,16 @@ def _run(*args, devices=1, python=("-m", "medjax.main")):
             "unknown model 'resnet7'; valid names: resnet10, resnet18, resnet34, resnet50",
         ),
         (
-            ["--config=configs/ct_cnn.py", "--config.trainer.batch_size=0"],
-            "trainer.batch_size=0 does not divide evenly",
+            ["--config=configs/ct_cnn.py", "--config.trainer.batch_size=-4"],
+            "error: trainer.batch_size=-4 must be an integer >= 1",
+        ),
+        (
+            ["--config=configs/ct_cnn.py", "--config.optimizer.learning_rate=-1"],
+            "error: optimizer.learning_rate=-1.0 must be a finite number > 0",
+        ),
+        (
+            ["--config=configs/ct_cnn.py", "--config.optimizer.learning_rate=nan"],
+            "error: optimizer.learning_rate=nan must be a finite number > 0",
         ),
         (
             ["--config=configs/ct_cnn.py", "--config.trainer.batch_size=abc"],
@@ -66,12 +74,17 @@ def _run(*args, devices=1, python=("-m", "medjax.main")):
         ),
         (
             [
-                "--config=configs/medmnist.py",
+                "--config=configs/medmnist.py:breastmnist",
                 "--config.data.dir=no_such_dir",
                 "--config.data.download=false",
             ],
             "breastmnist.npz not found in",
         ),  # fmt: skip
+        (
+            ["--config=configs/medmnist.py"],
+            "configs/medmnist.py needs the dataset's name after a colon: "
+            "--config=configs/medmnist.py:breastmnist",
+        ),
     ],
 )
 def test_bad_input_is_reported_plainly_and_writes_nothing(tmp_path, run_main, args, message):
@@ -92,6 +105,16 @@ def test_unwritable_workdir(tmp_path, run_main):
     assert returncode != 0
     assert f"cannot write to --workdir='{blocker}/run'" in stderr
     assert "Traceback" not in stderr
+    assert blocker.read_text() == "not a folder"
+
+
+def test_a_workdir_that_is_a_file(tmp_path, run_main):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    returncode, stderr = run_main(
+        "--config=configs/ct_cnn.py", *SMALL_SPLITS, f"--workdir={blocker}"
+    )
+    assert returncode == 1 and f"--workdir='{blocker}' is a file, not a folder" in stderr
     assert blocker.read_text() == "not a folder"
 
 
@@ -149,7 +172,7 @@ def _corrupt_tarball(folder):
         f.write("RecordID,SAPS-I,SOFA,Length_of_stay,Survival,In-hospital_death\n")
 
 
-MEDMNIST = ["--config=configs/medmnist.py", "--config.data.download=false"]
+MEDMNIST = ["--config=configs/medmnist.py:breastmnist", "--config.data.download=false"]
 CT_FOLDER = [
     "--config=configs/ct_cnn3d.py",
     "--config.data.name=ct_folder",
@@ -182,7 +205,13 @@ def test_bad_data_is_named_and_nothing_is_written(tmp_path, run_main, make, args
     )  # fmt: skip
     assert returncode == 1, stderr[-3000:]
     assert message in stderr and "Traceback" not in stderr
+    assert "\nerror: " in "\n" + stderr.replace("\r", "\n")  # at a line's start in a log
+    assert "\r" not in stderr.split("error: ")[0][-200:]
     assert not workdir.exists()
+    cache = tmp_path / "cache"
+    assert not cache.exists() or not any(p.is_dir() for p in cache.rglob("*")), list(
+        cache.rglob("*")
+    )
 
 
 DISK_FULL_ON_SECOND_SAVE = """
@@ -230,3 +259,19 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path):
     )
     assert "Traceback" not in result.stderr
     assert os.listdir(latest) == ["2"]
+
+
+@pytest.mark.slow
+def test_the_error_is_the_last_line_when_training_fails(tmp_path):
+    """TensorFlow's input iterators are finalised before the error is printed, not after it
+    (they logged "Error occurred when finalizing GeneratorDataset iterator" below it)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "medjax.main", "--config=configs/ehr_rnn.py",
+         f"--workdir={tmp_path}/run", "--config.optimizer.learning_rate=1e9",
+         "--config.optimizer.grad_clip_norm=0", "--config.data.num_train=200",
+         "--config.data.num_val=100", "--config.data.num_test=100"],
+        cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0", JAX_PLATFORMS="cpu"),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and lines[-1].startswith("error: the loss or a gradient was not")

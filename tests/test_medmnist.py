@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import shrink
 from sklearn import metrics as skm
 
 from configs import default
@@ -101,6 +102,14 @@ class TestRead:
         arrays["val_labels"][3] = 2
         np.savez(tmp_path / "breastmnist.npz", **arrays)
         with pytest.raises(ConfigError, match=r"val_labels\[3\] = 2 is outside .* 2 classes"):
+            medmnist.read(str(tmp_path), "breastmnist", download=False)
+
+    @pytest.mark.parametrize("labels", [np.array(["benign", "malignant"]), np.array([0.0, 1.0])])
+    def test_labels_that_are_not_integers(self, tmp_path, labels):
+        _, arrays = write_npz(tmp_path, "breastmnist")
+        arrays["test_labels"] = labels[arrays["test_labels"].reshape(-1) % 2]
+        np.savez(tmp_path / "breastmnist.npz", **arrays)
+        with pytest.raises(ConfigError, match=f"test_labels holds {labels.dtype} values; labels"):
             medmnist.read(str(tmp_path), "breastmnist", download=False)
 
     def test_file_of_another_size(self, tmp_path):
@@ -252,8 +261,8 @@ class TestConfigFollowsTheBatchSize:
         assert (saved["batch_size"], saved["num_train_steps"]) == (16, 6)
         assert (saved["eval_every_steps"], saved["checkpoint_every_steps"]) == (3, 3)
 
-    def test_the_test_suites_shrink_sets_plain_numbers(self, tiny):
-        trainer = tiny("medmnist").trainer
+    def test_the_test_suites_shrink_sets_plain_numbers(self):
+        trainer = shrink(medmnist_config.get_config("breastmnist")).trainer
         assert (trainer.batch_size, trainer.num_train_steps) == (16, 6)
         assert (trainer.eval_every_steps, trainer.checkpoint_every_steps) == (3, 3)
 

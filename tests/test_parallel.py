@@ -80,8 +80,8 @@ def test_pmap_run_end_to_end_matches_jit_on_one_device(finished_tiny_run, tmp_pa
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"parallel": "pjit"}, "parallel='pjit'; valid: jit, pmap"),
-        ({"trainer.accumulation_steps": 0}, "trainer.accumulation_steps=0 must be a positive"),
+        ({"parallel": "pjit"}, "parallel='pjit' must be one of 'jit', 'pmap'"),
+        ({"trainer.accumulation_steps": 0}, "trainer.accumulation_steps=0 must be an integer >= 1"),
         (
             {"trainer.accumulation_steps": 3},
             "trainer.batch_size=16 does not divide evenly over 1 devices x 3 micro-batches; "

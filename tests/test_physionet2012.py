@@ -264,8 +264,9 @@ class TestBadInput:
             f.write(b"not a tarball")
         with open(tmp_path / "Outcomes-a.txt", "w") as f:
             f.write(OUTCOMES)
-        with pytest.raises(ConfigError, match=r"set-a.tar.gz is not a readable .tar.gz"):
+        with pytest.raises(ConfigError, match=r"set-a.tar.gz is not a readable .tar.gz") as error:
             pn.read_set(str(tmp_path), "a")
+        assert "\n" not in str(error.value) and "(not a gzip file)" in str(error.value)
         with pytest.raises(ConfigError, match="unknown PhysioNet 2012 set 'd'; valid: a, b, c"):
             pn.read_set(str(tmp_path), "d")
 

@@ -1,5 +1,6 @@
 """PhysioNet 2012 sets as training and test data: data.train_sets, data.test_set, folds."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ from test_physionet2012 import REAL_DIR, outcome_file, write_set
 
 from configs import ehr_physionet
 from medjax import train
-from medjax.data import icu_series, physionet2012, time_grid
+from medjax.data import icu_series, physionet2012
 from medjax.errors import ConfigError
 
 FIRST_ID = {"a": 132000, "b": 142000, "c": 152000}  # disjoint, like the challenge's sets
@@ -95,17 +96,14 @@ def test_folds_run_over_the_union_of_training_sets(sets_dir):
 
 @pytest.mark.parametrize("test_set", ["", "c"])
 def test_statistics_are_fitted_on_training_stays_only(tmp_path, monkeypatch, test_set):
-    fitted = []  # (mean, std) of the variables, then of the static descriptors, of each load
+    fitted = []  # the Normalizer of each load
+    fit = icu_series.fit_normalizer
 
-    def recorded(fit):
-        def fit_and_record(*args):
-            fitted.append(fit(*args))
-            return fitted[-1]
+    def fit_and_record(train):
+        fitted.append(fit(train))
+        return fitted[-1]
 
-        return fit_and_record
-
-    monkeypatch.setattr(time_grid, "fit_normalizer", recorded(time_grid.fit_normalizer))
-    monkeypatch.setattr(icu_series, "_fit_static", recorded(icu_series._fit_static))
+    monkeypatch.setattr(icu_series, "fit_normalizer", fit_and_record)
 
     def load(directory):
         splits = icu_series.load(physionet_data(directory, train_sets="a,b", test_set=test_set))
@@ -121,9 +119,9 @@ def test_statistics_are_fitted_on_training_stays_only(tmp_path, monkeypatch, tes
         assert extreme[name]["static"][:, 0].min() > plain[name]["static"][:, 0].max()  # age
     for key in ("values", "static"):
         np.testing.assert_array_equal(extreme["train"][key], plain["train"][key])
-    for before, after in zip(fitted[:2], fitted[2:]):
-        np.testing.assert_array_equal(before[0], after[0])
-        np.testing.assert_array_equal(before[1], after[1])
+    before, after = fitted
+    for field in dataclasses.fields(before):
+        np.testing.assert_array_equal(getattr(before, field.name), getattr(after, field.name))
 
 
 def test_train_on_two_sets_and_test_on_a_third(tiny, tmp_path):

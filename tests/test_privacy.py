@@ -2,6 +2,7 @@
 accountant against dp_accounting, the refusals, and a tiny private run end to end."""
 
 import json
+import math
 import os
 
 import dp_accounting
@@ -338,10 +339,19 @@ def test_a_tiny_private_run_logs_epsilon_and_writes_privacy_json(tiny, tmp_path)
     )
     assert spent["epsilon"] == pytest.approx(reference.get_epsilon(delta), rel=1e-9)
     assert spent["epsilon"] == epsilons[-1]
-    assert spent | {"epsilon": 0} == {
+    # The truncation's share of delta: 6 steps' Binomial(97, q) tails beyond the padded size.
+    tail = sum(math.comb(97, k) * q**k * (1 - q) ** (97 - k)
+               for k in range(spent["max_batch_size"] + 1, 98))  # fmt: skip
+    assert spent["truncation_probability"] == pytest.approx(6 * tail, rel=1e-6)
+    assert 0 < spent["truncation_probability"] < 1e-10
+    assert spent["delta_with_truncation"] == pytest.approx(
+        delta + (1 + math.exp(spent["epsilon"])) * 6 * tail, rel=1e-9
+    )
+    assert spent | {"epsilon": 0, "truncation_probability": 0, "delta_with_truncation": 0} == {
         "epsilon": 0, "delta": delta, "steps": 6, "noise_multiplier": 1.0, "sampling_rate": q,
         "l2_norm_clip": 1.0, "expected_batch_size": 16, "max_batch_size": spent["max_batch_size"],
         "dataset_size": 96, "accountant": "rdp", "target_epsilon": 0.0,
+        "truncation_probability": 0, "delta_with_truncation": 0,
     }  # fmt: skip
     assert spent["max_batch_size"] % 8 == 0 and spent["max_batch_size"] >= 16
     assert lines[-1]["split"] == "test" and 0 <= lines[-1]["auroc"] <= 1

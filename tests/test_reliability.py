@@ -97,6 +97,22 @@ def test_resuming_with_a_config_that_changes_results_is_refused(finished_tiny_ru
     train.train_and_evaluate(changed, workdir, allow_config_change=True)
 
 
+def test_evaluate_and_explain_compare_only_the_model_and_input_keys(finished_tiny_run):
+    """A training-only change (more steps, another learning rate) is the run's own model; a
+    change of the model or of how images become its input is refused, naming the key."""
+    config, workdir = finished_tiny_run[:2]
+    config.explain.update(num_examples=1, smoothgrad_samples=2, ig_steps=2)
+    config.trainer.num_train_steps = 800
+    config.optimizer.learning_rate = 0.01
+    train.evaluate(config, workdir, split="val")
+    train.explain(config, workdir, split="val")
+    config.data.window_width = 1000.0
+    for run in (train.evaluate, train.explain):
+        with pytest.raises(ConfigError, match="its model or inputs would differ: "
+                           "data.window_width: 1500.0 -> 1000.0. Use a new"):  # fmt: skip
+            run(config, workdir, split="val")
+
+
 @pytest.mark.slow
 def test_a_checkpoint_of_another_model_names_the_shapes(finished_tiny_run):
     config, workdir = finished_tiny_run[:2]

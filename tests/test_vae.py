@@ -18,16 +18,23 @@ import scipy.stats
 from jax.test_util import check_grads
 
 from medjax import losses
-from medjax.models.conv_vae import LIKELIHOODS, MODELS, ConvVAE, create_model, depth_to_space
-from medjax.tasks.vae import log_likelihood
+from medjax.models.conv_vae import (
+    LIKELIHOODS,
+    MODELS,
+    PRIORS,
+    ConvVAE,
+    create_model,
+    depth_to_space,
+)
+from medjax.tasks.vae import eval_outputs, log_likelihood
 
 
 def key(seed):
     return jax.random.key(seed, impl="unsafe_rbg")
 
 
-def tiny_model_and_data(likelihood="bernoulli", dtype=jnp.float32, batch=4, seed=0):
-    model = ConvVAE(latent_size=4, widths=(4, 8), likelihood=likelihood, dtype=dtype)
+def tiny_model_and_data(likelihood="bernoulli", dtype=jnp.float32, batch=4, seed=0, **options):
+    model = ConvVAE(latent_size=4, widths=(4, 8), likelihood=likelihood, dtype=dtype, **options)
     x = np.random.default_rng(seed).uniform(size=(batch, 8, 8, 1)).astype(np.float32)
     init = jax.jit(lambda x: model.init({"params": key(1), "latent": key(2)}, x, train=False))
     return model, init(x), x
@@ -151,6 +158,41 @@ class TestGaussianLogDensity:
             losses.gaussian_log_density(jnp.zeros((5, 3, 4)), jnp.zeros((2, 4)), 0.0)
 
 
+class TestGaussianMixtureLogDensity:
+    def test_matches_scipy(self):
+        rng = np.random.default_rng(13)
+        z, logits = rng.normal(size=(5, 3, 4)), rng.normal(size=6)
+        means, log_vars = 2.0 * rng.normal(size=(2, 6, 4))
+        weights = scipy.special.softmax(logits)
+        per_component = [
+            np.log(w) + scipy.stats.norm.logpdf(z, m, np.exp(0.5 * v)).sum(-1)
+            for w, m, v in zip(weights, means, log_vars)
+        ]
+        expected = scipy.special.logsumexp(per_component, axis=0)
+        args = [a.astype(np.float32) for a in (z, logits, means, log_vars)]
+        got = jax.jit(losses.gaussian_mixture_log_density)(*args)
+        assert got.shape == (5, 3) and got.dtype == jnp.float32
+        np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+    def test_one_component_is_the_gaussian_and_far_z_stays_finite(self):
+        rng = np.random.default_rng(14)
+        z, mean, log_var = rng.normal(size=(3, 7, 4)).astype(np.float32)
+        got = losses.gaussian_mixture_log_density(z, jnp.array([3.0]), mean[:1], log_var[:1])
+        np.testing.assert_allclose(got, losses.gaussian_log_density(z, mean[:1], log_var[:1]))
+        far = losses.gaussian_mixture_log_density(1e3 * z, jnp.zeros(2), mean[:2], log_var[:2])
+        assert np.all(np.isfinite(far)) and np.all(far < -1e4)
+
+    def test_bad_shapes_raise(self):
+        with pytest.raises(ValueError, match=r"\[\.\.\., L\], \[M\] and \[M, L\]"):
+            losses.gaussian_mixture_log_density(
+                jnp.zeros((2, 4)), jnp.zeros(3), *[jnp.zeros((2, 4))] * 2
+            )
+        with pytest.raises(ValueError, match="log_vars has shape"):
+            losses.gaussian_mixture_log_density(
+                jnp.zeros((2, 4)), jnp.zeros(3), jnp.zeros((3, 4)), jnp.zeros((3, 5))
+            )
+
+
 class TestNegativeElbo:
     def test_value(self):
         got = jax.jit(losses.negative_elbo, static_argnames="beta")(
@@ -223,6 +265,7 @@ def test_shapes_and_dtypes(spatial, options, likelihood, dtype):
     assert shapes == {
         "posterior": {"mean": ((3, latent), jnp.float32), "log_var": ((3, latent), jnp.float32)},
         "z": ((5, 3, latent), jnp.float32),
+        "log_prior": ((5, 3), jnp.float32),
         "likelihood": expected_lik,
     }
     params = variables["params"]
@@ -348,6 +391,168 @@ def test_reconstruct_is_the_decoded_mean_at_the_posterior_mean(likelihood):
     np.testing.assert_allclose(recon, expected, rtol=1e-6, atol=1e-6)
     if likelihood == "bernoulli":
         assert np.all((recon > 0) & (recon < 1))
+
+
+def test_default_options_keep_the_old_model():
+    model, variables, x = tiny_model_and_data("gaussian_learned")
+    params = variables["params"]
+    assert set(params) == {"encoder", "decoder", "log_std"}
+    assert set(params["decoder"]) == {"dense", "up0_conv", "up1_conv"}
+    out = model.apply(variables, x, train=False, num_samples=3, rngs={"latent": key(15)})
+    expected = scipy.stats.norm.logpdf(np.asarray(out["z"], np.float64)).sum(-1)
+    np.testing.assert_allclose(out["log_prior"], expected, rtol=1e-5)
+    z = model.apply(variables, key(16), 5, (8, 8), method="sample_prior")
+    np.testing.assert_array_equal(z, jax.random.normal(key(16), (5, 4)))
+
+
+def mixture_log_density(z, logits, means, log_vars):
+    """scipy reference of log sum_m w_m N(z; means_m, diag(exp(log_vars_m)))."""
+    z, weights = np.asarray(z, np.float64), scipy.special.softmax(np.asarray(logits, np.float64))
+    per_component = [
+        np.log(w) + scipy.stats.norm.logpdf(z, m, np.exp(0.5 * v)).sum(-1)
+        for w, m, v in zip(weights, np.asarray(means), np.asarray(log_vars))
+    ]
+    return scipy.special.logsumexp(per_component, axis=0)
+
+
+def test_mixture_prior_density_and_samples():
+    model, variables, x = tiny_model_and_data(prior="mixture", prior_components=3)
+    params = dict(variables["params"])
+    assert params["prior_means"].shape == params["prior_log_vars"].shape == (3, 4)
+    params["prior_logits"] = jnp.log(jnp.array([0.2, 0.3, 0.5]))
+    params["prior_means"] = 30.0 * jnp.arange(3.0)[:, None] * jnp.ones(4)
+    params["prior_log_vars"] = jnp.log(jnp.array([0.25, 1.0, 4.0]))[:, None] * jnp.ones(4)
+    variables = {"params": params}
+    out = model.apply(variables, x, train=False, num_samples=3, rngs={"latent": key(17)})
+    expected = mixture_log_density(
+        out["z"], params["prior_logits"], params["prior_means"], params["prior_log_vars"]
+    )
+    np.testing.assert_allclose(out["log_prior"], expected, rtol=1e-5)
+    z = np.asarray(model.apply(variables, key(18), 20_000, (8, 8), method="sample_prior"))
+    component = np.round(z[:, 0] / 30).astype(int)  # >= 15 std apart
+    counts = np.bincount(component, minlength=3) / len(z)
+    np.testing.assert_allclose(counts, [0.2, 0.3, 0.5], atol=5 * np.sqrt(0.25 / len(z)))
+    for m, std in enumerate([0.5, 1.0, 2.0]):
+        np.testing.assert_allclose(z[component == m].mean(0), 30.0 * m, atol=0.1)
+        np.testing.assert_allclose(z[component == m].std(0), std, rtol=0.05)
+
+
+def test_vamp_prior_is_the_mean_posterior_of_learned_pseudo_inputs():
+    model, variables, x = tiny_model_and_data(prior="vamp", prior_components=3)
+    pseudo = variables["params"]["pseudo_inputs"]["value"]
+    assert pseudo.shape == (3, 8, 8, 1) and 0 <= pseudo.min() and pseudo.max() <= 1
+    means, log_vars = model.apply(variables, pseudo, method="encode")
+    out = model.apply(variables, x, train=False, num_samples=3, rngs={"latent": key(19)})
+    expected = mixture_log_density(out["z"], np.zeros(3), means, log_vars)
+    np.testing.assert_allclose(out["log_prior"], expected, rtol=1e-5)
+
+    def log_prior(params):
+        z = jnp.ones((2, 4))
+        return model.apply({"params": params}, z, (8, 8), method="prior_log_density").sum()
+
+    grads = jax.jit(jax.grad(log_prior))(variables["params"])
+    assert np.all(np.isfinite(grads["pseudo_inputs"]["value"]))
+    assert np.any(grads["pseudo_inputs"]["value"] != 0)
+
+
+@pytest.mark.parametrize("prior", PRIORS)
+@pytest.mark.parametrize("spatial", [(16, 16), (8, 16, 16)])
+def test_shapes_of_every_prior(prior, spatial):
+    model = ConvVAE(latent_size=6, widths=(4, 8), prior=prior, prior_components=5, channels=2)
+    x = jax.ShapeDtypeStruct((3, *spatial, 2), jnp.float32)
+    rngs = {"params": key(0), "latent": key(1)}
+    out, variables = jax.eval_shape(
+        lambda x: model.init_with_output(rngs, x, train=True, num_samples=7), x
+    )
+    assert out["log_prior"].shape == (7, 3) and out["log_prior"].dtype == jnp.float32
+    samples = jax.eval_shape(
+        lambda v: model.apply(v, key(2), 9, spatial, method="sample_prior"), variables
+    )
+    assert samples.shape == (9, 6)
+    if prior == "vamp":
+        assert variables["params"]["pseudo_inputs"]["value"].shape == (5, *spatial, 2)
+
+
+def test_learned_prior_kl_estimate_is_unbiased():
+    # A one-component mixture at N(0, I): the sampled KL must average to the analytic one.
+    model, variables, x = tiny_model_and_data("gaussian_fixed", prior="mixture", prior_components=1)
+    params = {**variables["params"], "prior_means": jnp.zeros((1, 4))}
+    params["prior_log_vars"] = jnp.zeros((1, 4))
+    apply = jax.jit(
+        lambda x: model.apply(
+            {"params": params}, x, train=False, num_samples=4000, rngs={"latent": key(20)}
+        )
+    )
+    out = apply(x)
+    np.testing.assert_allclose(
+        out["log_prior"], losses.gaussian_log_density(out["z"], 0.0, 0.0), rtol=1e-6
+    )
+    batch = {"image": 2 * x - 1, "label": np.zeros(4, np.int32), "index": np.arange(4)}
+    sampled = eval_outputs(out, batch, analytic_kl=False)
+    analytic = eval_outputs(out, batch, analytic_kl=True)
+    posterior = out["posterior"]
+    log_qz = losses.gaussian_log_density(out["z"], posterior["mean"], posterior["log_var"])
+    stderr = np.std(log_qz - out["log_prior"], axis=0) / np.sqrt(4000)
+    np.testing.assert_allclose(analytic["kl"], losses.gaussian_kl(**posterior), rtol=1e-6)
+    assert np.all(np.abs(sampled["kl"] - analytic["kl"]) < 5 * stderr), (sampled, analytic)
+    np.testing.assert_allclose(
+        sampled["nelbo"] - sampled["kl"], analytic["nelbo"] - analytic["kl"], rtol=1e-6
+    )
+
+
+def test_pixel_std_learns_one_std_per_pixel():
+    model, variables, x = tiny_model_and_data("gaussian_learned", pixel_std=True)
+    params = variables["params"]
+    assert "log_std" not in params
+    np.testing.assert_allclose(params["pixel_log_std"]["value"], np.full((8, 8, 1), np.log(0.1)))
+    log_std = np.random.default_rng(21).normal(size=(8, 8, 1)).astype(np.float32) - 2
+    params = {**params, "pixel_log_std": {"value": log_std}}
+    out = model.apply({"params": params}, x, train=True, rngs={"latent": key(22)})
+    assert out["likelihood"]["log_std"].shape == (8, 8, 1)
+    mean = np.asarray(out["likelihood"]["mean"][0])
+    expected = scipy.stats.norm.logpdf(x, mean, np.exp(log_std)).reshape(4, -1).sum(-1)
+    np.testing.assert_allclose(log_likelihood(out["likelihood"], x)[0], expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="set likelihood to gaussian_learned"):
+        ConvVAE(likelihood="gaussian_fixed", pixel_std=True)
+
+
+def test_decoder_blocks_are_residual_blocks_at_each_scale_below_the_output():
+    model, variables, x = tiny_model_and_data(decoder_blocks=2)
+    decoder = variables["params"]["decoder"]
+    for scale, width in enumerate((8, 4)):  # at 2x2 (widths[-1]), then at 4x4 (widths[0])
+        for block in range(2):
+            for conv in range(2):
+                kernel = decoder[f"res{scale}_{block}_conv{conv}"]["kernel"]
+                assert kernel.shape == (3, 3, width, width)
+    assert len(decoder) == 3 + 2 * 2 * 2
+    plain = ConvVAE(latent_size=4, widths=(4, 8))
+
+    def outputs(variables):  # (with blocks, without: the blocks' weights dropped)
+        params = variables["params"]
+        decoder = {k: v for k, v in params["decoder"].items() if not k.startswith("res")}
+        plain_variables = {"params": {**params, "decoder": decoder}}
+        return (
+            model.apply(variables, x, method="reconstruct"),
+            plain.apply(plain_variables, x, method="reconstruct"),
+        )
+
+    with_blocks, without = outputs(variables)
+    assert with_blocks.shape == x.shape and not np.allclose(with_blocks, without, atol=1e-3)
+    # Zeroed second convs make each block h -> relu(h) = h (h follows a ReLU): no blocks.
+    zeroed = jax.tree_util.tree_map_with_path(
+        lambda path, p: jnp.zeros_like(p) if "_conv1" in jax.tree_util.keystr(path) else p,
+        variables,
+    )
+    np.testing.assert_allclose(*outputs(zeroed), rtol=1e-6)
+
+
+def test_bad_prior_options_raise():
+    with pytest.raises(ValueError, match="valid values: normal, mixture, vamp"):
+        ConvVAE(prior="flow")
+    with pytest.raises(ValueError, match="prior_components=0, expected >= 1"):
+        ConvVAE(prior="vamp", prior_components=0)
+    with pytest.raises(ValueError, match="decoder_blocks=-1, expected >= 0"):
+        ConvVAE(decoder_blocks=-1)
 
 
 @pytest.mark.slow

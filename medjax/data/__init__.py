@@ -1,5 +1,6 @@
 """Datasets by name: each entry builds an `ImageDataset` from the `data` config."""
 
+import dataclasses
 import functools
 
 import ml_collections
@@ -7,7 +8,14 @@ import numpy as np
 
 from medjax.data import medmnist, synthetic_ct
 from medjax.data.ct_folder import ct_folder_dataset
-from medjax.data.dataset import SPLITS, ImageDataset, fold_note, fold_split, folds_enabled
+from medjax.data.dataset import (
+    SPLITS,
+    ImageDataset,
+    fold_note,
+    fold_split,
+    folds_enabled,
+    stratified_split,
+)
 from medjax.errors import ConfigError
 
 
@@ -103,12 +111,39 @@ def _is_medmnist(name: str) -> bool:
 
 
 def image_dataset(data: ml_collections.ConfigDict) -> ImageDataset:
-    """The dataset named by `data.name`; raises ConfigError listing valid names."""
+    """The dataset named by `data.name`, its training split cut to `data.label_fraction`;
+    raises ConfigError listing valid names."""
     if _is_medmnist(data.name):
-        return medmnist_dataset(data)
-    if data.name not in IMAGE_DATASETS:
+        dataset = medmnist_dataset(data)
+    elif data.name in IMAGE_DATASETS:
+        dataset = IMAGE_DATASETS[data.name](data)
+    else:
         raise ConfigError(
             f"unknown dataset data.name={data.name!r}; valid names: {', '.join(IMAGE_DATASETS)} "
             f"or a MedMNIST name ({', '.join(medmnist.INFO)}, with _64/_128/_224 for sizes)"
         )
-    return IMAGE_DATASETS[data.name](data)
+    return with_label_fraction(dataset, data.label_fraction, data.seed)
+
+
+def with_label_fraction(dataset: ImageDataset, fraction: float, seed: int) -> ImageDataset:
+    """`dataset` with a random `fraction` of its training examples (of each class, for
+    single-label data; seeded by data.seed), as when only so many were labelled; val and test
+    are whole."""
+    if fraction == 1.0:
+        return dataset
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"data.label_fraction={fraction} must be in (0, 1]")
+    train = dataset.load_split("train")
+    labels = train["labels"] if train["labels"].ndim == 1 else np.zeros(len(train["labels"]))
+    kept = stratified_split(labels, [fraction], np.random.default_rng((seed, 1)))[0]
+    subset = {k: v[kept] for k, v in train.items()}
+
+    def load_split(split):
+        return subset if split == "train" else dataset.load_split(split)
+
+    return dataclasses.replace(
+        dataset,
+        load_split=load_split,
+        description=f"{dataset.description}; training on {len(kept)} of its {len(labels)} "
+        f"training examples ({fraction:g}, by class, data seed {seed})",
+    )

@@ -16,6 +16,7 @@ data.seed, stratified by their highest label, into data.test_fraction, data.val_
 rest for training.
 """
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -237,7 +238,7 @@ class CtFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     The config's name is a hash of the settings and the scans' files (see the module docstring).
     """
 
-    VERSION = tfds.core.Version("1.0.0")  # raise when ct_volume's output changes
+    VERSION = tfds.core.Version("1.1.0")  # raise when ct_volume's output changes
     code_path = pathlib.Path(__file__)  # see Physionet2012 in physionet2012_tfds.py
 
     def __init__(self, *, paths, spacing, image_shape, geometry, data_dir=None):
@@ -255,11 +256,25 @@ class CtFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         super().__init__(data_dir=data_dir, config=config)
 
     def load(self) -> dict[str, np.ndarray]:
-        """scan id -> int16 HU volume [D, H, W]; builds the cache when it is not there."""
+        """scan id -> int16 HU volume [D, H, W]; builds the cache when it is not there. A build
+        that fails leaves no folder behind. TFDS's progress bars stay off: their carriage
+        returns would put a later line (an error's) mid-line in a log."""
         logging.info("ct_folder: cache %s", self.data_dir)
-        self.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-        )
+        root = self.data_dir_root
+        downloads = os.path.join(root, "downloads")  # TFDS's download manager makes these
+        folders = [*_folders_up_to(self.data_dir, root), os.path.join(downloads, "extracted"),
+                   downloads, root]  # fmt: skip
+        created = [d for d in folders if not os.path.exists(d)]
+        tfds.display_progress_bar(False)
+        try:
+            self.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+            )
+        except BaseException:
+            for folder in created:  # children first; only those this build made, if empty
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)
+            raise
         examples = tfds.as_numpy(self.as_dataset(split="scans"))
         return {e["scan_id"].decode(): e["volume"] for e in examples}
 
@@ -287,5 +302,14 @@ class CtFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             volume = ct_volume.load(
                 path, spacing=self._spacing, shape=self._image_shape, geometry=self._geometry
             )
-            hounsfield = np.clip(np.round(volume), -32768, 32767).astype(np.int16)
-            yield scan_id, {"scan_id": scan_id, "volume": hounsfield}
+            yield scan_id, {"scan_id": scan_id, "volume": ct_volume.rounded(volume)}
+
+
+def _folders_up_to(folder: str, root: str) -> list[str]:
+    """`folder` and its parents below `root`, deepest first."""
+    found, root = [], os.path.abspath(root)
+    folder = os.path.abspath(folder)
+    while folder.startswith(root + os.sep):
+        found.append(folder)
+        folder = os.path.dirname(folder)
+    return found

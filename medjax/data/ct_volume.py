@@ -8,10 +8,14 @@ shifted back by its origin's in-plane offset, then values are interpolated linea
 normal between the slices' real positions; `geometry="refuse"` raises a ConfigError instead. The
 geometry is measured from the slice positions, not from the GantryDetectorTilt tag.
 
-The output grid is aligned with the slices: axes (D, H, W) run along the slice normal, the column
-direction (increasing row index) and the row direction (increasing column index). For a usual
-axial series that is inferior to superior, anterior to posterior and patient right to left; for
-a tilted gantry the grid is orthogonal and oblique to the patient's axes, like the slices.
+Every volume comes out in one canonical orientation, that of a head-first supine axial series:
+in DICOM's patient coordinates (LPS, which `Scan` uses for NIfTI too), D runs inferior to
+superior (+S), H anterior to posterior (+P) and W patient right to left (+L). Each output axis
+takes the grid axis (slice normal, column or row direction) closest to it, flipped where that
+points the other way, so coronal, sagittal, feet-first and prone series and the same scan as
+NIfTI give the same array. A tilted gantry's grid stays orthogonal to its slices, oblique to the
+patient's axes by the tilt. Compressed transfer syntaxes other than RLE Lossless need pydicom's
+decoder plugins, installed by the `dicom` extra.
 """
 
 import dataclasses
@@ -21,6 +25,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 from absl import logging
+from pydicom.pixels import get_decoder
 from scipy import ndimage
 
 from medjax.errors import ConfigError
@@ -41,7 +46,7 @@ _REQUIRED_TAGS = (
 
 @dataclasses.dataclass(frozen=True)
 class Scan:
-    """Slices in HU, sorted along the slice normal, with the patient geometry of each slice."""
+    """Slices in HU, sorted along the slice normal, with the patient geometry (LPS) of each."""
 
     path: str
     slices: np.ndarray  # float32 [K, H, W]
@@ -89,6 +94,11 @@ def load(
 ) -> np.ndarray:
     """The scan at `path` (a DICOM series folder or a NIfTI file) as float32 HU [D, H, W]."""
     return to_grid(read(path), spacing=spacing, shape=shape, geometry=geometry)
+
+
+def rounded(volume: np.ndarray) -> np.ndarray:
+    """HU rounded to int16, as ct_folder caches volumes (and its models saw them)."""
+    return np.clip(np.round(volume), -32768, 32767).astype(np.int16)
 
 
 def read(path: str) -> Scan:
@@ -146,14 +156,13 @@ def read_dicom_series(folder: str) -> Scan:
 
 
 def read_nifti(path: str) -> Scan:
-    """A 3D NIfTI volume, reoriented to the closest canonical (RAS) orientation.
+    """A 3D NIfTI volume in HU (after scl_slope/scl_inter) as slices along its third voxel axis.
 
-    Values are taken as HU after the header's scl_slope/scl_inter. Slices run along the third
-    axis; the in-plane axes are flipped so that, as in a DICOM axial series, H runs anterior to
-    posterior and W right to left. Voxel spacing comes from the affine (its column lengths).
+    The affine (RAS) gives the voxel axes' directions, turned into LPS as in DICOM, and spacing
+    (its column lengths): the first voxel axis runs along a slice's W, the second along its H.
     """
     try:
-        image = nib.as_closest_canonical(nib.load(path))
+        image = nib.load(path)
         volume = np.asarray(image.get_fdata(dtype=np.float32))
     except Exception as err:
         raise ConfigError(f"{path}: not a readable NIfTI file ({err}); replace the file") from err
@@ -161,17 +170,16 @@ def read_nifti(path: str) -> Scan:
         volume = volume[..., 0]
     if volume.ndim != 3:
         raise ConfigError(f"{path}: image of shape {volume.shape}; expected one 3D CT volume")
-    affine = image.affine
-    size_x, size_y, size_z = volume.shape
-    origins = [affine @ [size_x - 1, size_y - 1, k, 1] for k in range(size_z)]
-    step_x, step_y = np.linalg.norm(affine[:3, 0]), np.linalg.norm(affine[:3, 1])
+    affine = image.affine[:3] * [[-1], [-1], [1]]  # RAS to LPS
+    step_x, step_y = np.linalg.norm(affine[:, :2], axis=0)
+    size_z = volume.shape[2]
     return _sorted_scan(
         path,
         [path] * size_z,
-        volume.transpose(2, 1, 0)[:, ::-1, ::-1],
-        np.array(origins)[:, :3],
-        -affine[:3, 0] / step_x,
-        -affine[:3, 1] / step_y,
+        volume.transpose(2, 1, 0),
+        affine[:, 3] + np.arange(size_z)[:, None] * affine[:, 2],
+        affine[:, 0] / step_x,
+        affine[:, 1] / step_y,
         (float(step_y), float(step_x)),
     )
 
@@ -181,10 +189,12 @@ def to_grid(
 ) -> np.ndarray:
     """float32 HU [D, H, W] of `shape` at `spacing` (mm; z, y, x), centred on the scan.
 
-    Voxels outside the scan are air (AIR). In-plane, slices are smoothed before they are
-    sampled more coarsely (a Gaussian of sigma (factor - 1) / 2 pixels) and interpolated
-    linearly (scipy.ndimage, order 1); along the normal, linearly between neighbouring slices,
-    and the end slices reach half a gap beyond their positions.
+    D, H and W are the canonical axes (module docstring); the scan is resampled on a grid aligned
+    with its slices, then transposed and flipped onto them. Voxels outside the scan are air (AIR).
+    In-plane, slices are smoothed before they are sampled more coarsely (a Gaussian of sigma
+    (factor - 1) / 2 pixels) and interpolated linearly (scipy.ndimage, order 1); along the
+    normal, linearly between neighbouring slices, and the end slices reach half a gap beyond
+    their positions.
     """
     if geometry not in GEOMETRIES:
         raise ConfigError(f"data.ct_geometry={geometry!r}; valid: {', '.join(GEOMETRIES)}")
@@ -196,6 +206,35 @@ def to_grid(
         )
     if problems:
         logging.info("%s: %s: resampled onto a regular grid", scan.path, "; ".join(problems))
+    axes, flips = _canonical_axes(scan)
+    to_slices = np.argsort(axes)  # the canonical axis along each slice grid axis
+    volume = _slice_grid(
+        scan, np.asarray(spacing, float)[to_slices], np.asarray(shape, int)[to_slices]
+    )
+    return np.ascontiguousarray(np.flip(volume.transpose(axes), flips), dtype=np.float32)
+
+
+def _canonical_axes(scan: Scan) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The slice grid axes that become D, H and W, and which of D, H, W are flipped.
+
+    The grid axes are 0 the normal, 1 the column and 2 the row direction. Each of +S, +P, +L takes
+    the free grid axis closest to it (largest |cosine| first), flipped where the cosine is negative.
+    """
+    normal = np.cross(scan.x_axis, scan.y_axis)
+    directions = np.stack([normal / np.linalg.norm(normal), scan.y_axis, scan.x_axis])
+    cosines = directions[:, ::-1].T  # [D, H, W] x [grid axis]: LPS components S, P, L
+    remaining = np.abs(cosines)
+    axes = [0, 0, 0]
+    for _ in range(3):
+        out, grid = np.unravel_index(np.argmax(remaining), remaining.shape)
+        axes[out] = int(grid)
+        remaining[out, :] = remaining[:, grid] = -1
+    flips = tuple(out for out in range(3) if cosines[out, axes[out]] < 0)
+    return tuple(axes), flips
+
+
+def _slice_grid(scan: Scan, spacing: np.ndarray, shape: np.ndarray) -> np.ndarray:
+    """HU [depth, height, width] on a grid along the normal, column and row directions."""
     step_z, step_y, step_x = spacing
     depth, height, width = shape
     offsets, (pixel_y, pixel_x) = scan.offsets, scan.pixel_spacing
@@ -229,7 +268,7 @@ def to_grid(
     gaps = scan.gaps if len(positions) > 1 else np.array([step_z])
     inside = (z >= positions[0] - gaps[0] / 2) & (z <= positions[-1] + gaps[-1] / 2)
     volume[~inside] = AIR
-    return volume.astype(np.float32)
+    return volume
 
 
 def _sorted_scan(path, names, slices, origins, x_axis, y_axis, pixel_spacing) -> Scan:
@@ -266,9 +305,28 @@ def _hounsfield(path: str, header: pydicom.Dataset) -> np.ndarray:
     try:
         stored = header.pixel_array
     except Exception as err:
-        raise ConfigError(f"{path}: cannot read its pixel data ({err})") from err
+        raise ConfigError(_pixel_data_error(path, header, err)) from err
     slope, intercept = header.get("RescaleSlope", 1), header.get("RescaleIntercept", 0)
     hounsfield = stored.astype(np.float32) * float(slope) + float(intercept)
     if "PixelPaddingValue" in header:  # outside the reconstructed field of view
         hounsfield[stored == header.PixelPaddingValue] = AIR
     return hounsfield
+
+
+def _pixel_data_error(path: str, header: pydicom.Dataset, err: Exception) -> str:
+    """What went wrong reading the pixel data: a compression with no decoder installed, or `err`."""
+    syntax = pydicom.uid.UID(header.file_meta.get("TransferSyntaxUID", ""))
+    if syntax.is_transfer_syntax and syntax.is_compressed:
+        try:
+            installed = get_decoder(syntax).is_available
+        except NotImplementedError:  # pydicom has no decoder for it
+            return (
+                f"{path}: pixel data in {syntax.name} ({syntax}), which pydicom cannot decode; "
+                "convert the series to NIfTI (e.g. with dcm2niix)"
+            )
+        if not installed:
+            return (
+                f"{path}: pixel data in {syntax.name} ({syntax}) and no decoder for it is "
+                "installed: pip install 'medjax[dicom]'"
+            )
+    return f"{path}: cannot read its pixel data ({err})"

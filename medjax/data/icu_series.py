@@ -33,10 +33,22 @@ _LOG_SCALE = np.isin(physionet2012.VARIABLES, LOG_SCALE)
 
 
 @dataclasses.dataclass(frozen=True)
+class Normalizer:
+    """Statistics fitted on a training split: the per-variable mean and std [V] of the observed
+    values (LOG_SCALE ones log1p'd), and the mean and std [3] of the STATIC_NUMERIC descriptors."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    static_mean: np.ndarray
+    static_std: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
 class EHRDataset:
     name: str
     splits: dict[str, dict[str, np.ndarray]]
     description: str
+    normalizer: Normalizer
 
 
 def load(
@@ -48,17 +60,15 @@ def load(
         raise ConfigError(
             f"unknown data.imputation {data.imputation!r}; valid: {', '.join(IMPUTATIONS)}"
         )
-    splits, description = _splits(data)
-    gridded = {split: _grid(records, labels, data) for split, (records, labels) in splits.items()}
-    fit = gridded["train"]
+    splits, description = split_records(data)
+    gridded = {split: grid(records, labels, data) for split, (records, labels) in splits.items()}
     if fit_data is not None and fit_data != data:
-        fit = _grid(*_splits(fit_data)[0]["train"], fit_data)
+        normalizer = training_normalizer(fit_data)
         description += f"; normalised with the training split of {fit_data.name} {fit_data.dir}"
-    mean, std = time_grid.fit_normalizer(fit["values"], fit["mask"])
-    static_stats = _fit_static(fit["descriptors"])
+    else:
+        normalizer = fit_normalizer(gridded["train"])
     prepared = {
-        split: _prepare(arrays, mean, std, static_stats, data.imputation)
-        for split, arrays in gridded.items()
+        split: _prepare(arrays, normalizer, data.imputation) for split, arrays in gridded.items()
     }
     sizes = "/".join(str(len(prepared[s]["labels"])) for s in ("train", "val", "test"))
     rates = ", ".join(f"{prepared[s]['labels'].mean():.1%}" for s in ("train", "val", "test"))
@@ -67,10 +77,11 @@ def load(
         splits=prepared,
         description=f"{description}: {sizes} train/val/test stays, deaths {rates}; "
         f"{data.hours:g} h at {data.step_hours:g} h steps, imputation {data.imputation}",
+        normalizer=normalizer,
     )
 
 
-def _splits(data: ml_collections.ConfigDict):
+def split_records(data: ml_collections.ConfigDict):
     """({split: (records, labels)}, a description) of the dataset named by `data.name`."""
     if data.name == "synthetic_ehr":
         splits = {
@@ -179,31 +190,46 @@ def _take(records, labels, indices):
     return [records[i] for i in indices], labels[indices]
 
 
-def _grid(records, labels, data):
+def grid(records, labels, data) -> dict[str, np.ndarray]:
+    """The records on data's time grid (time_grid.to_grid: values in their own units), with
+    their labels: the raw series that normalisation and imputation turn into model inputs."""
     arrays = time_grid.to_grid(records, hours=data.hours, step_hours=data.step_hours)
-    arrays["values"] = np.where(_LOG_SCALE, np.log1p(arrays["values"]), arrays["values"])
     arrays["labels"] = np.asarray(labels, np.int32)
     return arrays
 
 
-_NUMERIC = [physionet2012.DESCRIPTORS.index(d) for d in ("Age", "Height", "Weight")]
+STATIC_NUMERIC = ("Age", "Height", "Weight")  # standardised; Gender and ICUType are categories
+_NUMERIC = [physionet2012.DESCRIPTORS.index(d) for d in STATIC_NUMERIC]
 _AGE = physionet2012.DESCRIPTORS.index("Age")
 _GENDER = physionet2012.DESCRIPTORS.index("Gender")
 _ICU_TYPE = physionet2012.DESCRIPTORS.index("ICUType")
 
 
-def _fit_static(descriptors):
-    numeric = descriptors[:, _NUMERIC]
-    return np.nanmean(numeric, 0), np.nanstd(numeric, 0) + 1e-6
+def log_scaled(values: np.ndarray) -> np.ndarray:
+    """Gridded values [..., V] with the LOG_SCALE variables log1p'd."""
+    return np.where(_LOG_SCALE, np.log1p(values), values)
 
 
-def _prepare(arrays, mean, std, static_stats, imputation):
-    mask = arrays["mask"]
-    values = np.where(mask > 0, (arrays["values"] - mean) / std, 0.0).astype(np.float32)
+def fit_normalizer(train: dict[str, np.ndarray]) -> Normalizer:
+    """The Normalizer of a (gridded, `grid`) training split."""
+    mean, std = time_grid.fit_normalizer(log_scaled(train["values"]), train["mask"])
+    numeric = train["descriptors"][:, _NUMERIC]
+    return Normalizer(mean, std, np.nanmean(numeric, 0), np.nanstd(numeric, 0) + 1e-6)
+
+
+def training_normalizer(data: ml_collections.ConfigDict) -> Normalizer:
+    """The Normalizer of the training split of the dataset `data` names."""
+    return fit_normalizer(grid(*split_records(data)[0]["train"], data))
+
+
+def _prepare(arrays, normalizer: Normalizer, imputation):
+    mask, mean, std = arrays["mask"], normalizer.mean, normalizer.std
+    values = log_scaled(arrays["values"])
+    values = np.where(mask > 0, (values - mean) / std, 0.0).astype(np.float32)
     if imputation == "forward_fill":
         values = _forward_fill(values, mask)
     descriptors = arrays["descriptors"]
-    numeric = (descriptors[:, _NUMERIC] - static_stats[0]) / static_stats[1]
+    numeric = (descriptors[:, _NUMERIC] - normalizer.static_mean) / normalizer.static_std
     gender = descriptors[:, [_GENDER]]
     icu_type = descriptors[:, _ICU_TYPE][:, None] == np.arange(1, 5)[None]
     static = np.concatenate(

@@ -234,6 +234,11 @@ def _split(arrays, split, path, info, size):
             f"{path}: {images_key} is {images.dtype} {images.shape}, expected uint8 "
             f"[N, {', '.join(map(str, expected))}]; is the file for another dataset or size?"
         )
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        raise ConfigError(
+            f"{path}: {labels_key} holds {labels.dtype} values; labels must be integer class ids "
+            "(or 0/1 per label for multi-label data), as in the official files"
+        )
     num_classes = len(info.class_names)
     if info.multilabel:
         if labels.shape != (len(images), num_classes) or not np.isin(labels, (0, 1)).all():

@@ -24,6 +24,7 @@ fake 20 kg / 20 C values into the series, so they are dropped like -1.
 import collections
 import dataclasses
 import math
+import os
 import re
 
 import numpy as np
@@ -157,6 +158,30 @@ def read_set(directory: str, set_name: str) -> tuple[list[Record], np.ndarray, d
                    unknown_names)  # fmt: skip
     _log_stats(set_name, stats)
     return records, labels, stats
+
+
+def read_record(path: str) -> Record:
+    """One record file (`<RecordID>.txt`, as in the sets), cleaned as `read_set` cleans it;
+    ConfigError if it is no record file or holds no data."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not a readable PhysioNet 2012 record file ({e})") from None
+    first = text.partition("\n")[0].strip()
+    if first != HEADER:
+        raise ConfigError(
+            f"{path}: not a PhysioNet 2012 record file: it starts with {first[:40]!r}, expected "
+            f"the header {HEADER!r}"
+        )
+    stated = re.search(r"^[^,\n]*,\s*RecordID\s*,\s*(\d+)", text, re.MULTILINE)
+    stem = os.path.basename(path).removesuffix(".txt")
+    record_id = int(stated.group(1)) if stated else int(stem) if stem.isdecimal() else 0
+    counters = [collections.Counter() for _ in range(4)]
+    record = _parse_record(text, path, record_id, *counters)
+    if record is None:
+        raise ConfigError(f"{path}: the record holds no observation and no descriptor")
+    return record
 
 
 def _check_ids_match(record_ids, outcomes, set_name) -> None:

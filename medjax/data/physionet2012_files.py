@@ -70,15 +70,16 @@ def record_texts(directory: str, set_name: str):
                     yield display, int(match.group(1)), _decode(f.read(), display)
     elif os.path.isfile(tarball):
         try:
-            with tarfile.open(tarball, "r:*") as tar:
+            with tarfile.open(tarball, "r:gz") as tar:
                 for member in tar:
                     match = _RECORD_FILE.fullmatch(os.path.basename(member.name))
                     if match and member.isfile():
                         data = tar.extractfile(member).read()
                         yield member.name, int(match.group(1)), _decode(data, member.name)
         except (tarfile.TarError, EOFError, OSError) as e:
+            reason = " ".join(str(e).split())  # one line
             raise ConfigError(
-                f"{tarball} is not a readable .tar.gz ({e}); download it again from {URL}"
+                f"{tarball} is not a readable .tar.gz ({reason}); download it again from {URL}"
             ) from e
     else:
         present = sorted(os.listdir(directory))

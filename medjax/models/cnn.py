@@ -136,6 +136,8 @@ class ResNet(nn.Module):
         in training (synchronised batch norm); None: within the device's batch only.
       conv3d: for volumes, "full" (k x k x k kernels) or "acs" (ACS convolutions: 2D kernels
         split over the three planes, medjax.models.conv.ACSConv; Yang et al. 2021).
+      projection_head: a hidden ReLU layer as wide as the pooled features (named projection)
+        before the head: SimCLR's projection head (Chen et al., 2020).
     """
 
     stage_sizes: Sequence[int]
@@ -148,6 +150,7 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     norm_axis_name: str | None = None
     conv3d: str = "full"
+    projection_head: bool = False
 
     def __post_init__(self):
         if self.norm not in NORMS:
@@ -185,6 +188,11 @@ class ResNet(nn.Module):
             x = x + self.get_variable("perturbations", "features")
         x = jnp.mean(x, axis=tuple(range(1, ndim + 1)))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        if self.projection_head:
+            dense = nn.Dense(
+                x.shape[-1], dtype=self.dtype, param_dtype=jnp.float32, name="projection"
+            )
+            x = nn.relu(dense(x))
         x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)
         return x.astype(jnp.float32)
 

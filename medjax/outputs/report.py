@@ -1,5 +1,6 @@
 """report.md: the final summary of a run."""
 
+import json
 import math
 import os
 from typing import NamedTuple
@@ -92,6 +93,7 @@ def _data_and_model(description, split_sizes, checkpoints, split):
         return lines + [
             f"- parameters: {checkpoint.num_params:,}",
             f"- {_trained(checkpoint)}",
+            *_initialised(checkpoint),
             f"- evaluated: {_best(checkpoint)}, on the {split} split{untouched}",
             "",
         ]
@@ -113,6 +115,19 @@ def _trained(checkpoint: Checkpoint) -> str:
         f"{trainer.batch_size}, {optimizer.name} at learning rate {optimizer.learning_rate:g}, "
         f"seed {config.seed}"
     )
+
+
+def _initialised(checkpoint: Checkpoint) -> list[str]:
+    """The line saying which weights training started from (init.json), and what was frozen."""
+    path = os.path.join(checkpoint.workdir, "init.json")
+    lines = []
+    if os.path.exists(path):
+        with open(path) as f:
+            lines.append(f"- {json.load(f)['description']}")
+    freeze = checkpoint.config.get("init", {}).get("freeze")  # None in runs from before init.*
+    if freeze:
+        lines.append(f"- frozen (not trained): {freeze}")
+    return lines
 
 
 def _best(checkpoint: Checkpoint) -> str:

@@ -3,10 +3,15 @@
 import ml_collections
 
 from medjax.errors import ConfigError
-from medjax.tasks import classification, ehr, vae
+from medjax.tasks import classification, contrastive, ehr, vae
 from medjax.tasks.task import Task
 
-TASKS = {"classification": classification.build, "ehr": ehr.build, "vae": vae.build}
+TASKS = {
+    "classification": classification.build,
+    "ehr": ehr.build,
+    "vae": vae.build,
+    "contrastive": contrastive.build,
+}
 
 
 def build_task(

@@ -46,27 +46,15 @@ def train_batches(config, dataset, start_step: int, *, normal_only: bool = False
     """This process's augmented training batches from step `start_step` on (see pipeline).
     With `data.augment.mixup_alpha` > 0, each example is mixed with a random one of the
     training split (transforms.mixup), its label becoming a row of class probabilities."""
-    data = config.data
+    augment = config.data.augment
     arrays = dataset.load_split("train")
     keep = is_normal(arrays["labels"]) if normal_only else slice(None)
     train_labels = arrays["labels"][keep]
     images, labels = tf.constant(arrays["images"][keep]), tf.constant(train_labels)
-    augment, background = data.augment, background_of(dataset)
+    view = augmented_view(config, dataset, images)
 
     def example(index, seed):
-        image = _with_channels(tf.gather(images, index), dataset)
-        if augment.enabled:
-            image = transforms.augment(
-                image,
-                seed,
-                flip_left_right=augment.flip_left_right,
-                max_rotation_degrees=augment.max_rotation_degrees,
-                max_shift_fraction=augment.max_shift_fraction,
-                intensity_shift=augment.intensity_shift,
-                intensity_scale=augment.intensity_scale,
-                background=background,
-            )
-        return model_input(image, dataset, data), tf.gather(labels, index)
+        return view(index, seed), tf.gather(labels, index)
 
     def load(index, seed):
         if augment.mixup_alpha <= 0:
@@ -84,6 +72,29 @@ def train_batches(config, dataset, start_step: int, *, normal_only: bool = False
         return {"image": image, "label": label}
 
     return config_train_batches(config, train_labels, load, start_step)
+
+
+def augmented_view(config, dataset, images: tf.Tensor):
+    """(index, seed) -> the model input of image `index` of `images`, augmented as the config
+    asks with the randomness of `seed`."""
+    augment, background = config.data.augment, background_of(dataset)
+
+    def view(index, seed):
+        image = _with_channels(tf.gather(images, index), dataset)
+        if augment.enabled:
+            image = transforms.augment(
+                image,
+                seed,
+                flip_left_right=augment.flip_left_right,
+                max_rotation_degrees=augment.max_rotation_degrees,
+                max_shift_fraction=augment.max_shift_fraction,
+                intensity_shift=augment.intensity_shift,
+                intensity_scale=augment.intensity_scale,
+                background=background,
+            )
+        return model_input(image, dataset, config.data)
+
+    return view
 
 
 def _probabilities(label, dataset):
@@ -105,8 +116,13 @@ def eval_batches(config, dataset, split: str):
             "label": tf.gather(labels, index),
         }
 
+    return config_eval_batches(config, len(arrays["labels"]), load)
+
+
+def config_eval_batches(config, size: int, load):
+    """This process's share of `size` examples `load`ed once each, in evaluation batches."""
     return pipeline.eval_batches(
-        len(arrays["labels"]),
+        size,
         load,
         global_batch_size=config.trainer.eval_batch_size,
         process_index=jax.process_index(),

@@ -35,7 +35,8 @@ class Task:
       model_inputs: batch -> what the model reads (an array or a dict of arrays).
       example_batch: a batch of one example, to initialise the model.
       loss_fn: (model outputs, batch, step) -> scalar training loss (jnp, jittable).
-      eval_outputs_fn: (model outputs, batch) -> per-example arrays kept for metrics.
+      eval_outputs_fn: (model outputs, batch) -> per-example arrays kept for metrics;
+        evaluation applies the model and it to each example alone (steps.eval_outputs).
       compute_metrics: gathered per-example arrays of a split -> {metric name: float}.
       metric_intervals: gathered arrays -> {metric name: (low, high)}, 95% bootstrap intervals
         of the headline metrics (medjax.stats.bootstrap), or {} where none are computed.

@@ -41,13 +41,14 @@ def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict
         config, dataset, normal_only=normal_only
     )
     beta, warmup = config.loss.beta, config.loss.kl_warmup_steps
+    analytic_kl = config.model.prior == "normal"
     example_image = np.zeros((1, *dataset.image_shape, dataset.channels), np.float32)
     return Task(
         model=model,
         model_inputs=lambda batch: to_unit(batch["image"]),
         example_batch={"image": example_image, "label": np.zeros(1, np.int32)},
-        loss_fn=functools.partial(loss, beta=beta, kl_warmup_steps=warmup),
-        eval_outputs_fn=eval_outputs,
+        loss_fn=functools.partial(loss, beta=beta, kl_warmup_steps=warmup, analytic_kl=analytic_kl),
+        eval_outputs_fn=functools.partial(eval_outputs, analytic_kl=analytic_kl),
         compute_metrics=functools.partial(
             compute_metrics, num_dims=int(np.prod(dataset.image_shape)) * dataset.channels
         ),
@@ -79,36 +80,39 @@ def _model(config: ml_collections.ConfigDict):
             widths=tuple(config.model.vae_widths),
             likelihood=config.model.likelihood,
             eval_samples=config.model.eval_samples,
+            decoder_blocks=config.model.vae_decoder_blocks,
+            pixel_std=config.model.pixel_std,
+            prior=config.model.prior,
+            prior_components=config.model.prior_components,
             dtype=compute_dtype(config),
         )
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
 
 
-def loss(outputs, batch, step, *, beta, kl_warmup_steps):
+def loss(outputs, batch, step, *, beta, kl_warmup_steps, analytic_kl):
     """The negative ELBO of one posterior sample, its KL term weighted by `beta` (ramped up
     linearly over `kl_warmup_steps`), mean over the batch."""
     x = to_unit(batch["image"])
     log_px_z = log_likelihood(outputs["likelihood"], x)[0]  # one training sample
-    kl = losses.gaussian_kl(**outputs["posterior"])
+    kl = _kl(outputs, analytic_kl)[0]
     weight = beta * jnp.minimum(1.0, step / kl_warmup_steps) if kl_warmup_steps else beta
     return jnp.mean(kl * weight - log_px_z)
 
 
-def eval_outputs(outputs, batch):
+def eval_outputs(outputs, batch, *, analytic_kl):
     """Per-example negative ELBO, KL, importance-weighted NLL, reconstruction error and
     posterior mean, with the label and row index."""
     x = to_unit(batch["image"])
     log_px_z = log_likelihood(outputs["likelihood"], x)  # [K, B]
     posterior = outputs["posterior"]
-    kl = losses.gaussian_kl(**posterior)
-    log_pz = losses.gaussian_log_density(outputs["z"], 0.0, 0.0)
+    kl = jnp.mean(_kl(outputs, analytic_kl), axis=0)
     log_qz = losses.gaussian_log_density(outputs["z"], posterior["mean"], posterior["log_var"])
     recon = outputs["reconstruction"]  # the decoder's mean at the posterior mean
     return {
         "nelbo": kl - log_px_z[0],
         "kl": kl,
-        "iw_nll": -losses.importance_weighted_bound(log_px_z, log_pz, log_qz),
+        "iw_nll": -losses.importance_weighted_bound(log_px_z, outputs["log_prior"], log_qz),
         "recon_error": jnp.mean((recon - x) ** 2, axis=tuple(range(1, x.ndim))),
         "posterior_mean": posterior["mean"],
         "label": batch["label"],
@@ -169,6 +173,16 @@ def write_outputs(workdir, split, gathered, variables, *, model, dataset, eval_b
     return _plot_images(workdir, split, model, variables, next(eval_batches(split)))
 
 
+def _kl(outputs, analytic):
+    """KL(q(z | x) || p(z)): analytic [1, B] (prior N(0, I)), or log q(z_k | x) - log p(z_k)
+    [K, B] at the posterior samples z_k, each an unbiased estimate (a learned prior)."""
+    posterior = outputs["posterior"]
+    if analytic:
+        return losses.gaussian_kl(**posterior)[None]
+    log_qz = losses.gaussian_log_density(outputs["z"], posterior["mean"], posterior["log_var"])
+    return log_qz - outputs["log_prior"]
+
+
 def log_likelihood(likelihood, x):
     """log p(x | z_k) [K, B] from the decoder's parameters with leading axes [K, B]."""
     if "logits" in likelihood:
@@ -202,7 +216,7 @@ def _plot_images(workdir, split, model, variables, batch, num=8):
     key = jax.random.key(0)
     spatial = x.shape[1:-1]
     recon = model.apply(variables, x, method=model.reconstruct)
-    prior = jax.random.normal(key, (num, model.latent_size))
+    prior = model.apply(variables, key, num, spatial, method=model.sample_prior)
     samples = model.apply(variables, prior, spatial, method=model.decode_mean)
     mean, _ = model.apply(variables, x[:1], method=model.encode)
     dims = np.argsort(-np.abs(np.asarray(mean[0])))[:4]  # the first example's strongest latents

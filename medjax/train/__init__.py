@@ -1,14 +1,24 @@
 """Task-agnostic training and what a trained workdir can do: `train_and_evaluate`, and the
-modes `evaluate`, `explain`, `predict` and `ensemble`.
+modes `evaluate`, `explain`, `predict`, `export` and `ensemble`.
 
 state.py holds the training state; steps.py the jitted steps; loop.py the training loop;
 evaluation.py the evaluation of a checkpoint; checks.py the pre-flight checks; run_config.py
 the config diffs and fingerprints that guard resuming; modes.py evaluate, explain and predict;
-ensemble.py the evaluation of an ensemble of runs, and their training (`train_ensemble`).
+ensemble.py the evaluation of an ensemble of runs, and their training (`train_ensemble`);
+export.py the model with its preprocessing as a jax.export function and a SavedModel.
 """
 
 from medjax.train.ensemble import ensemble, train_ensemble
+from medjax.train.export import export
 from medjax.train.loop import train_and_evaluate
 from medjax.train.modes import evaluate, explain, predict
 
-__all__ = ["ensemble", "evaluate", "explain", "predict", "train_and_evaluate", "train_ensemble"]
+__all__ = [
+    "ensemble",
+    "evaluate",
+    "explain",
+    "export",
+    "predict",
+    "train_and_evaluate",
+    "train_ensemble",
+]

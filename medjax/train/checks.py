@@ -5,14 +5,23 @@ import os
 import jax
 import ml_collections
 
-from medjax import parallel, privacy
+from configs import constraints
+from medjax import optim, parallel, pretrained, privacy
 from medjax.data.dataset import SPLITS
 from medjax.errors import ConfigError
 from medjax.stats import operating_point
 from medjax.tasks import Task
+from medjax.train import run_config
 from medjax.train.steps import PARALLEL
 
 CADENCES = ("num_train_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps")
+
+
+def check_values(config: ml_collections.ConfigDict) -> None:
+    """Every key's value against its rule in configs/constraints.py."""
+    found = constraints.violations(run_config.flat(config))
+    if found:
+        raise ConfigError("; ".join(found))
 
 
 def check_run(config: ml_collections.ConfigDict, task: Task) -> None:
@@ -67,6 +76,19 @@ def check_privacy(config: ml_collections.ConfigDict, task: Task) -> None:
         privacy.check(config, init)
 
 
+def check_init(config: ml_collections.ConfigDict, task: Task, source) -> None:
+    """`init.freeze` names parameters of the model, and the tensors of `source`
+    (pretrained.source_of, or None) match some of the model's."""
+    variables = jax.eval_shape(
+        lambda key: task.model.init(key, task.model_inputs(task.example_batch), train=False),
+        jax.random.key(0),
+    )
+    if config.init.freeze:
+        optim.frozen_mask(variables["params"], config.init.freeze)
+    if source is not None:
+        pretrained.load({k: v for k, v in variables.items() if k != "intermediates"}, *source)
+
+
 def check_data(task: Task, batch_size: int) -> None:
     """Reads the data (a bad file fails here, before the workdir is touched) and refuses an
     empty split or a training split smaller than one batch."""
@@ -118,6 +140,8 @@ def refuse_ensemble_workdir(workdir: str) -> None:
 
 def prepare_workdir(workdir: str) -> None:
     """Creates the workdir and checks it is writable, before anything is written to it."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir={workdir!r} is a file, not a folder; give a folder")
     try:
         for sub in ("", "plots", "predictions"):
             os.makedirs(os.path.join(workdir, sub), exist_ok=True)

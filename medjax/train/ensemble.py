@@ -11,7 +11,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from medjax import parallel
+from medjax import parallel, workdir_lock
 from medjax.errors import ConfigError
 from medjax.outputs import report, writers
 from medjax.tasks import Task, build_task
@@ -35,6 +35,7 @@ def ensemble(
     predictions, plots and metrics.jsonl to `workdir`, with `ensemble.json` (the members).
     Returns the split's metrics. Bad input raises ConfigError before anything is written."""
     checks.check_split(split)
+    workdir_lock.refuse_if_held(workdir, "write an ensemble in")
     _check_members(workdir, members)
     task = build_task(config)
     if task.ensemble_outputs is None:
@@ -47,6 +48,7 @@ def ensemble(
     mesh = parallel.data_mesh()
     outputs, checkpoints = {"val": [], split: []}, []  # each split's outputs of each member
     for member in members:
+        workdir_lock.refuse_if_held(member, "ensemble")
         state, checkpoint = _restore_member(config, task, member, data)
         for name, gathered in outputs.items():
             member_metrics, member_outputs = evaluate_split(state, task, name, mesh)
@@ -58,19 +60,20 @@ def ensemble(
         mean = task.ensemble_outputs(gathered)
         evaluated[name] = task.compute_metrics(mean), mean
     checks.prepare_workdir(workdir)
-    elapsed = 0.0
-    if jax.process_index() == 0:
-        writers.write_atomically(
-            os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2)
+    with workdir_lock.writer(workdir):
+        elapsed = 0.0
+        if jax.process_index() == 0:
+            writers.write_atomically(
+                os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2)
+            )
+            text = json.dumps({"members": list(members)}, indent=2) + "\n"
+            writers.write_atomically(os.path.join(workdir, checks.ENSEMBLE_FILE), text)
+            if split == "test":  # the ensemble trains no step: its test line is at step 0
+                elapsed = writers.keep_metrics_up_to(os.path.join(workdir, "metrics.jsonl"), 0)
+        writer = writers.create_writer(workdir, time.time() - elapsed)
+        return report_evaluation(
+            config, task, evaluated, split, workdir, writer, checkpoints, variables=None, step=0
         )
-        text = json.dumps({"members": list(members)}, indent=2) + "\n"
-        writers.write_atomically(os.path.join(workdir, checks.ENSEMBLE_FILE), text)
-        if split == "test":  # the ensemble trains no step: its test line is at step 0
-            elapsed = writers.keep_metrics_up_to(os.path.join(workdir, "metrics.jsonl"), 0)
-    writer = writers.create_writer(workdir, time.time() - elapsed)
-    return report_evaluation(
-        config, task, evaluated, split, workdir, writer, checkpoints, variables=None, step=0
-    )
 
 
 def train_ensemble(

@@ -43,9 +43,7 @@ def binary_evaluation(
     `calibrated_brier` after temperature scaling (log-odds) or Platt scaling (other scores),
     with `temperature` or `platt_scale` / `platt_offset`. Writes the reliability diagram."""
     labels, scores = evaluated
-    threshold = operating_point.choose_threshold(
-        *val, evaluation.operating_point, evaluation.target_sensitivity
-    )
+    threshold, calibrator = fit_on_val(evaluation, val, log_odds=log_odds)
     values = {"operating_threshold": threshold}
     values |= {
         f"operating_{k}": v
@@ -59,7 +57,6 @@ def binary_evaluation(
     values["min_se_ppv_threshold"] = challenge
     values["min_se_ppv"] = float(np.minimum(at_challenge["sensitivity"], at_challenge["ppv"]))
 
-    calibrator = (calibration.fit_temperature if log_odds else calibration.fit_platt)(*val)
     if log_odds:
         values["temperature"] = calibrator.temperature
     else:
@@ -77,6 +74,16 @@ def binary_evaluation(
     diagram[name] = (calibration.reliability(labels, probs), values["calibrated_ece"])
     plots.reliability_diagram(plot_path, diagram)
     return values, intervals
+
+
+def fit_on_val(evaluation: ml_collections.ConfigDict, val, *, log_odds: bool):
+    """(the operating threshold, the calibration.Calibrator) fitted on `val`, (labels, scores):
+    the threshold `evaluation.operating_point` picks, and temperature scaling (log-odds) or
+    Platt scaling (other scores)."""
+    threshold = operating_point.choose_threshold(
+        *val, evaluation.operating_point, evaluation.target_sensitivity
+    )
+    return threshold, (calibration.fit_temperature if log_odds else calibration.fit_platt)(*val)
 
 
 def _ece(labels, probs) -> float:

@@ -18,13 +18,13 @@ import numpy as np
 from absl import logging
 from clu import periodic_actions
 
-from medjax import optim, parallel, privacy
+from medjax import optim, parallel, pretrained, privacy, workdir_lock
 from medjax.errors import ConfigError, NonFiniteError, Preempted
 from medjax.outputs import writers
 from medjax.tasks import Task, build_task
 from medjax.train import checks, run_config, steps
 from medjax.train.evaluation import evaluate_split, final_evaluation
-from medjax.train.state import create_train_state, open_checkpoints
+from medjax.train.state import create_train_state, model_variables, open_checkpoints
 
 
 @dataclasses.dataclass
@@ -54,14 +54,25 @@ def train_and_evaluate(
     """Trains (or resumes) in `workdir`, then evaluates the best checkpoint on the test split;
     returns the test metrics. Bad input raises ConfigError before anything is written, as does
     a config or data that differ from the checkpoint's in a way that changes results, unless
-    `allow_config_change`. A finished run is only evaluated again."""
+    `allow_config_change`. A finished run is only evaluated again. The run holds the
+    workdir's lock (medjax.workdir_lock) while it writes there."""
+    workdir_lock.refuse_if_held(workdir, "train in")  # at once, before the data is read
+    checks.check_values(config)
     task = build_task(config)
     checks.check_run(config, task)
     plan = privacy.plan(config, task.split_sizes()["train"])
     fingerprint = run_config.fingerprint(config, task)
     checks.refuse_ensemble_workdir(workdir)
+    source = pretrained.source_of(config.init)
+    checks.check_init(config, task, source)
     checks.prepare_workdir(workdir)
+    with workdir_lock.writer(workdir):
+        return _resume_or_start(config, task, workdir, source, plan, fingerprint,
+                                allow_config_change)  # fmt: skip
 
+
+def _resume_or_start(config, task, workdir, source, plan, fingerprint, allow_config_change):
+    """train_and_evaluate's work in a checked, locked workdir."""
     mesh = parallel.data_mesh()
     ckpts, abstract_state = open_checkpoints(config, task, workdir, mesh)
     restored = ckpts.restore_latest(abstract_state)
@@ -70,7 +81,7 @@ def train_and_evaluate(
         run_config.check_unchanged(progress.fingerprint, fingerprint, workdir, allow_config_change)
         logging.info("Resumed from step %d of %s", int(state.step), workdir)
     else:
-        state, progress = _initial_state(config, task, mesh), Progress()
+        state, progress = _initial_state(config, task, mesh, source, workdir), Progress()
     progress.fingerprint = fingerprint
     if plan is not None:
         progress.privacy = checks.check_privacy_unchanged(progress.privacy, plan, workdir)
@@ -93,17 +104,38 @@ def train_and_evaluate(
     return final_evaluation(config, task, best_state, int(state.step), workdir, writer, mesh)
 
 
-def _initial_state(config, task: Task, mesh):
-    """A fresh state, initialised from `config.seed` and replicated over the mesh."""
-    tx, _ = optim.create_optimizer(config.optimizer, config.trainer.num_train_steps)
+def _initial_state(config, task: Task, mesh, source, workdir: str):
+    """A fresh state, initialised from `config.seed` and replicated over the mesh, with the
+    tensors of `source` (pretrained.source_of) that match loaded; what was loaded is logged
+    and written to `workdir/init.json`."""
+    tx, _ = optim.create_optimizer(
+        config.optimizer, config.trainer.num_train_steps, config.init.freeze
+    )
     init_key, step_key = jax.random.split(jax.random.key(config.seed))
     create = functools.partial(create_train_state, task, tx, ema_decay=config.trainer.ema_decay)
-    return jax.jit(create, out_shardings=parallel.replicated(mesh))(init_key, step_key)
+    state = jax.jit(create, out_shardings=parallel.replicated(mesh))(init_key, step_key)
+    if source is None:
+        return state
+    fresh = jax.device_get(model_variables(state.params, state.batch_stats))
+    variables, summary = pretrained.load(fresh, *source)
+    summary["description"] = pretrained.describe(summary)
+    logging.info("%s", summary["description"])
+    if jax.process_index() == 0:
+        writers.write_atomically(
+            os.path.join(workdir, "init.json"), json.dumps(summary, indent=2) + "\n"
+        )
+    params = variables["params"]
+    state = state.replace(
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        ema_params=params if state.ema_params is not None else None,
+    )
+    return jax.device_put(state, parallel.replicated(mesh))
 
 
 def _train(config, task, state, progress: Progress, ckpts, writer, mesh, plan, workdir):
-    """Trains from `state` to the end (or early stopping, or SIGTERM), updating `progress`;
-    returns the last state."""
+    """Trains from `state` to the end (or early stopping, or SIGTERM or SIGINT: a checkpoint
+    of the step, then Preempted), updating `progress`; returns the last state."""
     trainer = config.trainer
     step = int(state.step)
     _check_privacy_budget(plan, trainer.num_train_steps)
@@ -115,7 +147,7 @@ def _train(config, task, state, progress: Progress, ckpts, writer, mesh, plan, w
     )
     log = _TrainLog(config, plan, workdir, writer, step)
     unchecked, stop = [], False
-    with _sigterm_flag() as sigterm:
+    with _stop_signals() as received:
         while step < trainer.num_train_steps and not stop:
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
                 state, scalars = train_on(state, next(batches))
@@ -128,8 +160,8 @@ def _train(config, task, state, progress: Progress, ckpts, writer, mesh, plan, w
             eval_now = step % trainer.eval_every_steps == 0 or last
             save_now = step % trainer.checkpoint_every_steps == 0 or last
             # Several processes agree on stopping at log steps, not at every step's cost.
-            preempted = sigterm.is_set() if jax.process_count() == 1 else (
-                log_now and parallel.any_process(sigterm.is_set())
+            preempted = bool(received) if jax.process_count() == 1 else (
+                log_now and parallel.any_process(bool(received))
             )  # fmt: skip
             if log_now or eval_now or save_now or preempted:
                 _check_finite(unchecked, trainer.on_nonfinite, progress, ckpts)
@@ -145,9 +177,11 @@ def _train(config, task, state, progress: Progress, ckpts, writer, mesh, plan, w
                 progress.finished = last or stop
                 ckpts.save_latest(step, current, progress.to_json())
             if preempted and not progress.finished:
+                signum = received[0] if received else signal.SIGTERM  # another process's
                 raise Preempted(
-                    f"stopped by SIGTERM at step {step}, with a checkpoint of that step in "
-                    f"{ckpts.directory}; run the same command to continue"
+                    f"stopped by {signal.Signals(signum).name} at step {step}, with a checkpoint "
+                    f"of that step in {ckpts.directory}; run the same command to continue",
+                    signum,
                 )
     writer.flush()
     return from_loop(state)
@@ -255,14 +289,22 @@ def _check_finite(unchecked, on_nonfinite: str, progress: Progress, ckpts) -> No
 
 
 @contextlib.contextmanager
-def _sigterm_flag():
-    """An event that SIGTERM (preemption under SLURM or on Cloud TPU) sets while training."""
-    flag = threading.Event()
+def _stop_signals():
+    """The list of stop signals received while training: SIGTERM (preemption under SLURM or
+    on Cloud TPU) and SIGINT (Ctrl-C; a second one interrupts at once)."""
+    received = []
     if threading.current_thread() is not threading.main_thread():  # signals reach main only
-        yield flag
+        yield received
         return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: flag.set())
+
+    def handler(signum, frame):
+        if signum == signal.SIGINT and signal.SIGINT in received:
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield flag
+        yield received
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -8,7 +8,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from medjax import parallel
+from medjax import parallel, workdir_lock
 from medjax.errors import ConfigError
 from medjax.outputs import writers
 from medjax.tasks import Task, build_task
@@ -29,6 +29,7 @@ def evaluate(
     split's metrics. A config or data that differ from the checkpoint's are refused as in
     training, unless `allow_config_change`."""
     checks.check_split(split)
+    workdir_lock.refuse_if_held(workdir, "evaluate")
     task = build_task(config)
     checks.require_checkpoint_dir(workdir)
     checks.check_run(config, task)
@@ -36,7 +37,7 @@ def evaluate(
     checks.prepare_workdir(workdir)
     latest, best = restore_latest_and_best(config, task, workdir)
     saved = latest[1].get("fingerprint")
-    run_config.check_unchanged(saved, current, workdir, allow_config_change)
+    run_config.check_unchanged(saved, current, workdir, allow_config_change, model_only=True)
     last_step = int(latest[0].step)
     logging.info("Evaluating the best checkpoint of %s (at step %d).", workdir, last_step)
     elapsed = 0.0
@@ -52,13 +53,16 @@ def explain(config: ml_collections.ConfigDict, workdir: str, *, split: str = "te
     """Writes explanations of the best checkpoint's predictions on the first
     `config.explain.num_examples` examples of `split` to `workdir/plots`; returns the paths."""
     checks.check_split(split)
+    workdir_lock.refuse_if_held(workdir, "explain")
     task = build_task(config)
     if task.explain is None:
         raise ConfigError(f"the {config.task} task has no explanations; they are for the CNNs "
                           "(task classification) and the RNNs (task ehr)")  # fmt: skip
     state, progress = restore_best(config, task, workdir)
     current = run_config.fingerprint(config, task)
-    run_config.check_unchanged(progress.get("fingerprint"), current, workdir, allow=False)
+    run_config.check_unchanged(
+        progress.get("fingerprint"), current, workdir, allow=False, model_only=True
+    )
     return explain_examples(config, task, state, workdir, split)
 
 
@@ -100,6 +104,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str) -> str:
     checkpoint of `workdir` into predictions/<name>.csv, `name` the data's name and folder;
     returns its path. `config` must match the training run's model and input rules (config.json);
     statistics fitted on data come from the training run's data (`build_task`'s `fit_data`)."""
+    workdir_lock.refuse_if_held(workdir, "predict with")
     trained = trained_config(workdir)
     changes = run_config.input_rule_changes(trained, config)
     if changes:

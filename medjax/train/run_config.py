@@ -59,27 +59,37 @@ def config_changes(old: dict, new: dict, keep=lambda key: True) -> list[str]:
     return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(old) if keep(k) and old[k] != new[k]]
 
 
+def is_model_or_input_key(key: str) -> bool:
+    """A key of the model, or of the rules that turn data into its inputs."""
+    return key in INPUT_RULE_KEYS or key.startswith("model.")
+
+
 def input_rule_changes(trained: ml_collections.ConfigDict, config: ml_collections.ConfigDict):
     """The model and input-rule keys whose values differ between two configs."""
-    return config_changes(
-        flat(trained), flat(config), keep=lambda k: k in INPUT_RULE_KEYS or k.startswith("model.")
-    )
+    return config_changes(flat(trained), flat(config), keep=is_model_or_input_key)
 
 
-def check_unchanged(saved: dict | None, current: dict, workdir: str, allow: bool) -> None:
+def check_unchanged(
+    saved: dict | None, current: dict, workdir: str, allow: bool, *, model_only: bool = False
+) -> None:
     """Refuses (unless `allow`) a config or data that differ from the checkpoint's
-    `saved` fingerprint; checkpoints written before fingerprints (None) pass."""
+    `saved` fingerprint; checkpoints written before fingerprints (None) pass. With
+    `model_only` (evaluating a checkpoint, not training it), only the model and input-rule
+    keys are compared, and the data."""
     if saved is None:
         return
-    changes = config_changes(saved["config"], current["config"])
+    keep = is_model_or_input_key if model_only else (lambda key: True)
+    changes = config_changes(saved["config"], current["config"], keep)
     if saved["data"] != current["data"]:
         changes.append(f"the data (fingerprint {saved['data']} -> {current['data']})")
     if not changes:
         return
     if not allow:
+        doing = "its model or inputs would differ" if model_only else (
+            "resuming would change the results")  # fmt: skip
         raise ConfigError(
-            f"the checkpoint in {workdir} was trained with another config; resuming would change "
-            f"the results: {'; '.join(changes)}. Use a new --workdir, or pass "
-            "--allow_config_change to go on anyway"
+            f"the checkpoint in {workdir} was trained with another config; {doing}: "
+            f"{'; '.join(changes)}. Use a new --workdir, or pass --allow_config_change to go on "
+            "anyway"
         )
     logging.warning("Going on with a changed config (--allow_config_change): %s", changes)

@@ -75,7 +75,9 @@ def abstract_train_state(
 
 def open_checkpoints(config, task: Task, workdir: str, mesh):
     """(the workdir's checkpoints, the abstract state they restore into)."""
-    tx, _ = optim.create_optimizer(config.optimizer, config.trainer.num_train_steps)
+    tx, _ = optim.create_optimizer(
+        config.optimizer, config.trainer.num_train_steps, config.init.freeze
+    )
     abstract_state = abstract_train_state(task, tx, mesh, config.trainer.ema_decay)
     ckpts = checkpoint.Checkpoints(
         os.path.join(workdir, "checkpoints"), max_to_keep=config.trainer.max_checkpoints_to_keep

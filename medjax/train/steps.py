@@ -3,6 +3,7 @@ the evaluation step, and the stepper the loop drives them through.
 
 Randomness: step N draws from fold_in(key, N) (folded with the device index under pmap); each
 random stream the task's model declares (`Task.rng_streams`) gets its own key from that.
+Evaluation draws from `eval_key`, the same for every example and every evaluation of a run.
 """
 
 import functools
@@ -163,21 +164,37 @@ def pmap_train_step(task: Task, accumulation_steps: int = 1):
     return jax.pmap(step, axis_name=parallel.AXIS, donate_argnums=0)
 
 
+def eval_key(state: TrainState) -> jax.Array:
+    """The key of evaluation's randomness (a VAE's latent samples): the run's, one per run."""
+    return jax.random.fold_in(state.key, EVAL_STREAM)
+
+
+def eval_outputs(task: Task, variables, batch, key: jax.Array) -> dict[str, jax.Array]:
+    """The task's per-example evaluation outputs of `batch` under model `variables`.
+
+    Each example is evaluated as a batch of its own with the same `key`, so that its outputs,
+    random draws included, do not depend on the batch it comes in (an exported model gives
+    the same scores at any batch size). With `task.test_time_views`, the outputs are the mean
+    of the views' outputs."""
+    rngs = stream_keys(key, task.rng_streams)
+
+    def one(example):
+        example = jax.tree.map(lambda x: x[None], example)
+        inputs = task.model_inputs(example)
+        views = task.test_time_views(inputs) if task.test_time_views else (inputs,)
+        each = [task.model.apply(variables, view, train=False, rngs=rngs) for view in views]
+        outputs = jax.tree.map(lambda *view_outputs: sum(view_outputs) / len(views), *each)
+        return jax.tree.map(lambda x: x[0], task.eval_outputs_fn(outputs, example))
+
+    return jax.vmap(one)(batch)
+
+
 @functools.partial(jax.jit, static_argnames="task")
 def eval_step(state: TrainState, batch, *, task: Task):
-    """The task's per-example evaluation outputs of a global batch, with its `valid` flags.
-
-    Models that sample in evaluation (a VAE's latents) get randomness fixed by the seed and the
-    batch's first example, so an evaluation is repeatable. With `task.test_time_views`, the
-    outputs are the mean of the views' outputs."""
-    key = jax.random.fold_in(jax.random.fold_in(state.key, EVAL_STREAM), batch["index"][0])
-    inputs = task.model_inputs(batch)
-    views = task.test_time_views(inputs) if task.test_time_views else (inputs,)
+    """The task's per-example evaluation outputs (`eval_outputs`) of a global batch under the
+    state's evaluation parameters, with its `valid` flags."""
     variables = model_variables(state.eval_params, state.batch_stats)
-    rngs = stream_keys(key, task.rng_streams)
-    each = [task.model.apply(variables, view, train=False, rngs=rngs) for view in views]
-    outputs = jax.tree.map(lambda *view_outputs: sum(view_outputs) / len(views), *each)
-    return {**task.eval_outputs_fn(outputs, batch), "valid": batch["valid"]}
+    return {**eval_outputs(task, variables, batch, eval_key(state)), "valid": batch["valid"]}
 
 
 def stepper(config, task: Task, mesh, plan: privacy.Plan | None = None):

@@ -1,0 +1,152 @@
+"""Each task's raw inputs, as the data readers deliver them, and the jax.numpy function that
+turns them into the batch the task's model inputs are made from, as its tf.data pipeline does:
+the preprocessing an exported model carries (medjax.train.export).
+
+Images (tasks classification and vae): `image` [b, *image_shape] (one channel) or
+[b, *image_shape, C]; float32 Hounsfield units windowed by data.window_center and
+data.window_width to [-1, 1] (transforms.window), or uint8 0..255 scaled to [-1, 1]
+(transforms.scale_uint8).
+ICU stays (task ehr): the stays on the time grid (icu_series.grid): `values` in the variables'
+own units, `mask`, `delta` [b, T, V], `lengths` [b] and `descriptors` [b, 5] (NaN unknown),
+normalised with the training split's statistics and imputed as icu_series.load does.
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from medjax.data import icu_series, image_dataset, physionet2012
+from medjax.errors import ConfigError
+from medjax.tasks import ehr
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class RawInputs:
+    """A task's raw inputs.
+
+    Attributes:
+      specs: {input name: (shape after the batch axis, dtype name)}.
+      to_batch: the raw inputs (jnp, a leading batch axis) -> the batch `task.model_inputs`
+        reads, as the task's eval batches hold it.
+      load_split: split -> its raw inputs (numpy), in the order of the task's eval batches.
+      class_names: the names of the classes (the VAE: label 1 is the anomaly).
+      multilabel: each class is a label of its own (sigmoid probabilities), not one of many.
+      contract: what the inputs are, for metadata.json: units, and the grid a reader
+        resamples scans or stays to.
+    """
+
+    specs: dict[str, tuple[tuple[int, ...], str]]
+    to_batch: Callable[[dict[str, jax.Array]], dict[str, jax.Array]]
+    load_split: Callable[[str], Arrays]
+    class_names: tuple[str, ...]
+    multilabel: bool
+    contract: dict
+
+
+def raw_inputs(
+    config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict | None = None
+) -> RawInputs:
+    """The raw inputs of the task `config.task`; statistics fitted on data (the ICU stays'
+    normalisation) come from the training split of `fit_data`, by default `config.data`."""
+    if config.task in ("classification", "vae"):
+        return _images(config.data)
+    if config.task == "ehr":
+        return _stays(config.data, config.data if fit_data is None else fit_data)
+    raise ConfigError(f"no raw inputs for task {config.task!r}; valid: classification, vae, ehr")
+
+
+def _images(data: ml_collections.ConfigDict) -> RawInputs:
+    dataset = image_dataset(data)
+    shape = (*dataset.image_shape, *((dataset.channels,) if dataset.channels > 1 else ()))
+    hounsfield = dataset.intensity == "hu"
+    low, width = data.window_center - data.window_width / 2, data.window_width
+
+    def to_batch(raw):
+        image = raw["image"].astype(jnp.float32)
+        image = image if dataset.channels > 1 else image[..., None]
+        if hounsfield:  # as transforms.window
+            return {"image": jnp.clip((image - low) / width, 0.0, 1.0) * 2.0 - 1.0}
+        return {"image": image / 127.5 - 1.0}  # as transforms.scale_uint8
+
+    contract = {"image": "uint8 pixels 0..255" if not hounsfield else (
+        f"Hounsfield units, windowed inside (center {data.window_center:g}, width "
+        f"{data.window_width:g})")}  # fmt: skip
+    if hounsfield and len(dataset.image_shape) == 3:
+        contract["volume_grid"] = {
+            "spacing_mm": list(data.spacing),
+            "ct_geometry": data.ct_geometry,
+            "reader": "medjax.data.ct_volume.load, rounded to integer HU",
+        }
+    dtype = "float32" if hounsfield else "uint8"
+    return RawInputs(
+        specs={"image": (shape, dtype)},
+        to_batch=to_batch,
+        load_split=lambda split: {"image": dataset.load_split(split)["images"].astype(dtype)},
+        class_names=tuple(dataset.class_names),
+        multilabel=dataset.multilabel,
+        contract=contract,
+    )
+
+
+STAY_INPUTS = ("values", "mask", "delta", "lengths", "descriptors")
+
+
+def _stays(data: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict) -> RawInputs:
+    normalizer = icu_series.training_normalizer(fit_data)
+    steps, variables = round(data.hours / data.step_hours), len(physionet2012.VARIABLES)
+    series = (steps, variables)
+    log_scale = jnp.asarray(np.isin(physionet2012.VARIABLES, icu_series.LOG_SCALE))
+    numeric = [physionet2012.DESCRIPTORS.index(d) for d in icu_series.STATIC_NUMERIC]
+    gender = physionet2012.DESCRIPTORS.index("Gender")
+    icu_type = physionet2012.DESCRIPTORS.index("ICUType")
+
+    def to_batch(raw):  # as icu_series._prepare
+        mask = raw["mask"]
+        values = jnp.where(log_scale, jnp.log1p(raw["values"]), raw["values"])
+        values = jnp.where(mask > 0, (values - normalizer.mean) / normalizer.std, 0.0)
+        if data.imputation == "forward_fill":
+            at = jnp.arange(steps)[None, :, None]
+            last = jax.lax.cummax(jnp.where(mask > 0, at, -1), axis=1)
+            filled = jnp.take_along_axis(values, jnp.maximum(last, 0), axis=1)
+            values = jnp.where(last >= 0, filled, 0.0)
+        descriptors = raw["descriptors"]
+        standard = (descriptors[:, numeric] - normalizer.static_mean) / normalizer.static_std
+        static = jnp.concatenate(
+            [
+                jnp.nan_to_num(standard),
+                jnp.nan_to_num(descriptors[:, [gender]], nan=0.5),
+                descriptors[:, icu_type][:, None] == jnp.arange(1, 5)[None],
+            ],
+            axis=1,
+        ).astype(jnp.float32)
+        return {"values": values, "mask": mask, "delta": raw["delta"],
+                "lengths": raw["lengths"], "static": static}  # fmt: skip
+
+    def load_split(split):
+        records, labels = icu_series.split_records(data)[0][split]
+        gridded = icu_series.grid(records, labels, data)
+        return {name: gridded[name] for name in STAY_INPUTS}
+
+    return RawInputs(
+        specs={name: (series, "float32") for name in STAY_INPUTS[:3]}
+        | {"lengths": ((), "int32"), "descriptors": ((len(physionet2012.DESCRIPTORS),), "float32")},
+        to_batch=to_batch,
+        load_split=load_split,
+        class_names=ehr.CLASS_NAMES,
+        multilabel=False,
+        contract={
+            "grid": {"hours": data.hours, "step_hours": data.step_hours},
+            "variables": list(physionet2012.VARIABLES),
+            "descriptors": list(physionet2012.DESCRIPTORS),
+            "reader": "medjax.data.physionet2012.read_record, then "
+            "medjax.data.time_grid.to_grid: values in the variables' own units, 0 where "
+            "unobserved; descriptors NaN where unknown",
+            "imputation": data.imputation,
+        },
+    )
