@@ -133,11 +133,11 @@ def summarise(rows: list[dict]) -> list[str]:
                                     r["start"]) == (name, fraction, start)])
                    for start in STARTS}  # fmt: skip
             cells = []
-            for values in (auc["scratch"], auc["pretrained"], auc["pretrained"] - auc["scratch"]):
+            for values, sign in ((auc["scratch"], ""), (auc["pretrained"], ""),
+                                 (auc["pretrained"] - auc["scratch"], "+")):  # fmt: skip
                 low, high = _interval(values)
-                cells.append(f"{values.mean():+.3f} ± {values.std(ddof=1):.3f} "
-                             f"({low:+.3f} to {high:+.3f})")  # fmt: skip
-            cells[:2] = [c.replace("+", "", 1) for c in cells[:2]]
+                cells.append(f"{values.mean():{sign}.3f} ± {values.std(ddof=1):.3f} "
+                             f"({low:{sign}.3f} to {high:{sign}.3f})")  # fmt: skip
             labelled = round(fraction * _info(name).num_train)
             lines.append(f"| {name} | {fraction:.0%} ({labelled}) | " + " | ".join(cells) + " |")
     return lines
