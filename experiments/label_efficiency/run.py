@@ -20,6 +20,7 @@ difference) and label_efficiency.png to --out_dir.
 import json
 import math
 import os
+import runpy
 import sys
 
 import matplotlib
@@ -36,6 +37,10 @@ from medjax.data import medmnist as medmnist_data  # noqa: E402
 from medjax.errors import ConfigError  # noqa: E402
 from medjax.outputs import writers  # noqa: E402
 
+# experiments/sweep.py's reader of a finished run's test line (its flags are defined only when
+# it runs as a script).
+test_line = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                        "sweep.py"))["test_line"]  # fmt: skip
 MIN_STEPS = 100
 STARTS = ("scratch", "pretrained")
 
@@ -88,7 +93,7 @@ def run_dataset(name: str, pretrain_epochs: int) -> list[dict]:
     """Every run of one dataset; returns a row per fine-tuning run."""
     root = os.path.join(FLAGS.workdir_root, name)
     pretrained = os.path.join(root, "pretrain")
-    if not _test_line(pretrained):
+    if not test_line(pretrained):
         train.train_and_evaluate(pretrain_config(name, pretrain_epochs), pretrained)
     rows = []
     for seed in map(int, FLAGS.seeds):
@@ -97,22 +102,12 @@ def run_dataset(name: str, pretrain_epochs: int) -> list[dict]:
                 workdir = os.path.join(root, f"{start}_f{fraction:g}_s{seed}")
                 init = pretrained if start == "pretrained" else ""
                 config = finetune_config(name, fraction, seed, init)
-                test = _test_line(workdir) or train.train_and_evaluate(config, workdir)
+                test = test_line(workdir) or train.train_and_evaluate(config, workdir)
                 rows.append({"dataset": name, "fraction": fraction, "seed": seed, "start": start,
                              "auroc": test["auroc"], "accuracy": test["accuracy"],
                              "steps": config.trainer.num_train_steps})  # fmt: skip
                 print(json.dumps(rows[-1]), flush=True)
     return rows
-
-
-def _test_line(workdir: str) -> dict | None:
-    """The test metrics of a finished run in `workdir` (its metrics.jsonl), or None."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        tests = [row for row in map(json.loads, f) if row["split"] == "test"]
-    return tests[-1] if tests else None
 
 
 def _interval(values: np.ndarray) -> tuple[float, float]:
