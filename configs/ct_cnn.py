@@ -2,7 +2,7 @@
 
   python -m medjax.main --config=configs/ct_cnn.py --workdir=runs/ct_cnn
 
-Reaches test AUROC of about 0.99 in about 4 minutes on 2 CPU cores (bar: >= 0.95, < 5 min).
+Reached test AUROC 0.9999 (0.999918697175257) in 102 s on 2 idle CPU cores, 2026-12-05.
 """
 
 from configs import default

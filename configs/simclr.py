@@ -9,7 +9,9 @@ The model and data are configs/medmnist.py's for the same name, so every backbon
 into the fine-tuning run; the task is `contrastive` (medjax/tasks/contrastive.py), and the
 checkpoint kept has the lowest validation contrastive loss. Augmentation is stronger than in
 supervised training (the two views must differ), and the batch larger, for more negatives.
-experiments/label_efficiency/ measures what it buys.
+BreastMNIST (100 epochs, seed 0) ended at validation pair accuracy 0.90; fine-tuned on all its
+labels for 20 epochs its ResNet reached test AUC 0.889 (mean of seeds 0, 1, 2; 0.861 from
+scratch), 2026-12-05 (experiments/label_efficiency/README.md, which measures what it buys).
 """
 
 from configs import medmnist

@@ -8,8 +8,8 @@ On XLA:CPU, 3D convolutions run at a few tens of GFLOP/s, and the input gradient
 convolutions, so `depth_folded_conv` stacks the kd (strided) depth slices of the padded input
 along the channel axis and runs one 2D convolution over (H, W) with the kernel reshaped to
 (kh, kw, kd * C_in, C_out), the output depth folded into the batch axis: the same function,
-5 to 6 times faster to train here. Other backends, and any other convolution, go to
-`jax.lax.conv_general_dilated` unchanged.
+faster to train here (the figures: README.md, Speed). Other backends, and any other
+convolution, go to `jax.lax.conv_general_dilated` unchanged.
 
 `ACSConv` is the ACS convolution of volumes (Yang et al., IEEE JBHI 2021): one 2D kernel whose
 output channels are split in three, each third run over one plane of the volume.
@@ -109,9 +109,8 @@ class ACSConv(nn.Module):
     through its centre. Padding is k // 2 in the plane (torchvision's, 'SAME' at stride 1); no
     bias, as medjax's ResNets. Each third runs as a 2D convolution with the axis across its
     plane folded into the batch: a third of a full kernel's work, but thin convolutions (a
-    third of the output channels each). A 3D ResNet-18 on 28^3 volumes, 2 CPU cores, trained at
-    182 examples/s against 105 with full kernels (width 0.5, the standard stem), but at 14
-    against 18 (width 0.25, the small-input stem: 16-channel maps of 28^3)."""
+    third of the output channels each): faster than full kernels for wide maps, slower for thin
+    ones (the measurements: experiments/medmnist/README.md, AdrenalMNIST3D)."""
 
     features: int
     kernel_size: int
