@@ -26,9 +26,6 @@ from medjax import train
 from medjax.errors import ConfigError
 from medjax.outputs import writers
 
-config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Folder for the folds' workdirs and the summary.")
-flags.DEFINE_integer("folds", 5, "Number of folds K (>= 2).")
 FLAGS = flags.FLAGS
 
 
@@ -39,7 +36,7 @@ def cross_validate(config: ml_collections.ConfigDict, workdir: str, num_folds: i
     for fold in range(num_folds):
         fold_config = config.copy_and_resolve_references()
         fold_config.data.num_folds, fold_config.data.fold = num_folds, fold
-        results.append(train.train_and_evaluate(fold_config, os.path.join(workdir, f"fold{fold}")))
+        results.append(train.train_run(fold_config, os.path.join(workdir, f"fold{fold}")))
     names = [k for k in results[0] if all(np.isfinite(r[k]) for r in results)]
     values = {k: np.array([r[k] for r in results], np.float64) for k in names}
     summary = {
@@ -95,6 +92,9 @@ def main(argv):
         sys.exit(f"error: {e}")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # flags only then: other scripts run this file for cross_validate
+    config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Folder for the folds' workdirs and the summary.")
+    flags.DEFINE_integer("folds", 5, "Number of folds K (>= 2).")
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main)

@@ -184,9 +184,7 @@ def _run_mode() -> None:
         train.evaluate(FLAGS.config, FLAGS.workdir, split=FLAGS.split,
                        allow_config_change=FLAGS.allow_config_change)  # fmt: skip
     else:
-        run = train.train_ensemble if FLAGS.config.trainer.ensemble_size > 1 else (
-            train.train_and_evaluate)  # fmt: skip
-        run(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
+        train.train_run(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
 
 
 if __name__ == "__main__":

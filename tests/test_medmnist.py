@@ -177,6 +177,32 @@ class TestDataset:
         assert len(test["ids"]) == 12 and len(set(test["ids"])) == 12
         assert test["labels"].shape == ((12, 14) if multilabel else (12,))
 
+    def test_folds_cover_the_official_train_and_val_and_never_the_test_split(self, tmp_path):
+        _, arrays = write_npz(tmp_path, "breastmnist", sizes=(40, 20, 30))
+        official = {f"breastmnist-{s}-{i}": arrays[f"{s}_images"][i]
+                    for s, n in (("train", 40), ("val", 20)) for i in range(n)}  # fmt: skip
+        tested = []
+        for fold in range(3):
+            data = data_config(tmp_path, "breastmnist")
+            data.update(num_folds=3, fold=fold)
+            dataset = image_dataset(data)
+            assert "official test unread" in dataset.description
+            splits = [dataset.load_split(split) for split in ("train", "val", "test")]
+            ids = np.concatenate([split["ids"] for split in splits])
+            assert sorted(ids) == sorted(official)  # each train/val image once, no test image
+            for split in splits:
+                for i, image in zip(split["ids"], split["images"]):
+                    np.testing.assert_array_equal(image, official[i])
+            tested += list(splits[2]["ids"])
+        assert sorted(tested) == sorted(official)  # the folds' test splits partition them
+
+    def test_multilabel_data_is_not_cross_validated(self, tmp_path):
+        write_npz(tmp_path, "chestmnist")
+        data = data_config(tmp_path, "chestmnist")
+        data.update(num_folds=3, fold=0)
+        with pytest.raises(ConfigError, match="chestmnist is multi-label"):
+            image_dataset(data)
+
     def test_needs_a_dir(self):
         with pytest.raises(ConfigError, match="needs --config.data.dir"):
             image_dataset(data_config("", "breastmnist"))

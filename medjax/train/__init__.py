@@ -8,7 +8,7 @@ ensemble.py the evaluation of an ensemble of runs, and their training (`train_en
 export.py the model with its preprocessing as a jax.export function and a SavedModel.
 """
 
-from medjax.train.ensemble import ensemble, train_ensemble
+from medjax.train.ensemble import ensemble, train_ensemble, train_run
 from medjax.train.export import export
 from medjax.train.loop import train_and_evaluate
 from medjax.train.modes import evaluate, explain, predict
@@ -21,4 +21,5 @@ __all__ = [
     "predict",
     "train_and_evaluate",
     "train_ensemble",
+    "train_run",
 ]

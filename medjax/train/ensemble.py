@@ -95,6 +95,15 @@ def train_ensemble(
     return ensemble(config, workdir, members)
 
 
+def train_run(
+    config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
+) -> dict[str, float]:
+    """What --mode=train runs: `train_ensemble` when trainer.ensemble_size > 1, else
+    `train_and_evaluate`. Returns the test metrics."""
+    run = train_ensemble if config.trainer.ensemble_size > 1 else train_and_evaluate
+    return run(config, workdir, allow_config_change=allow_config_change)
+
+
 def member_workdir(workdir: str, seed: int) -> str:
     """Where `train_ensemble` trains the member of seed `seed` of the ensemble in `workdir`."""
     return os.path.join(workdir, "members", f"seed_{seed}")
