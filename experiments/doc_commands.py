@@ -43,7 +43,7 @@ SHORT_FORMS = {
     "experiments/crossval.py": (["--folds=2", *SHORT_RUN], []),
     "experiments/sweep.py": (["--seeds=0"], SHORT_RUN),
     "experiments/medmnist/run.py": (["--seeds=0"], SHORT_RUN),
-    "experiments/medmnist/select.py": (["--folds=2"], SHORT_RUN),
+    "experiments/medmnist/choose_recipes.py": (["--folds=2"], SHORT_RUN),
     "experiments/privacy/run.py": ([], SHORT_RUN),
     "experiments/label_efficiency/run.py": (
         ["--epochs=1", "--pretrain_epochs=1,1", "--seeds=0", "--fractions=0.1"],

@@ -1,8 +1,8 @@
 """Chooses each MedMNIST recipe without the test split: K-fold cross-validation over the official
 train and val images together, one run per fold and candidate, the official test split unread.
 
-  python experiments/medmnist/select.py --data_dir=DIR --datasets=breastmnist,retinamnist,\
-adrenalmnist3d [--folds=5] [--seed=0] [--out=experiments/medmnist/selection.md]
+  python experiments/medmnist/choose_recipes.py --data_dir=DIR --datasets=breastmnist,retinamnist,\
+adrenalmnist3d [--folds=5] [--seed=0] [--out=experiments/medmnist/recipes.md]
 
 The candidates of a dataset (CANDIDATES: the levers the study of experiments/medmnist/README.md
 compared) are each configs/medmnist.py:NAME without its recipe, plus the candidate's keys; each
@@ -114,7 +114,7 @@ if __name__ == "__main__":  # flags only then: tests run this file for its funct
     flags.DEFINE_list("datasets", list(CANDIDATES), "Datasets of CANDIDATES.")
     flags.DEFINE_integer("folds", 5, "K of the K-fold cross-validation (>= 2).")
     flags.DEFINE_integer("seed", 0, "config.seed of every run (the folds are dealt by data.seed).")
-    flags.DEFINE_string("workdir_root", "runs/medmnist_select", "Workdirs go in here.")
-    flags.DEFINE_string("out", os.path.join(HERE, "selection.md"), "The table (markdown).")
+    flags.DEFINE_string("workdir_root", "runs/medmnist_recipes", "Workdirs go in here.")
+    flags.DEFINE_string("out", os.path.join(HERE, "recipes.md"), "The table (markdown).")
     flags.mark_flag_as_required("data_dir")
     app.run(main)

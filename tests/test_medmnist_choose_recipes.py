@@ -1,4 +1,4 @@
-"""experiments/medmnist/select.py: each candidate's command line is the config it names."""
+"""experiments/medmnist/choose_recipes.py: each candidate's command line is the config it names."""
 
 import os
 import runpy
@@ -10,7 +10,7 @@ from ml_collections import config_flags
 from configs import medmnist
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-select = runpy.run_path(os.path.join(REPO, "experiments", "medmnist", "select.py"))
+choose = runpy.run_path(os.path.join(REPO, "experiments", "medmnist", "choose_recipes.py"))
 
 
 def parsed(args, monkeypatch):
@@ -30,12 +30,12 @@ def value(config, key):
 
 def test_every_candidate_is_its_keys_over_the_recipe_free_config(monkeypatch):
     monkeypatch.chdir(REPO)
-    for name, candidates in select["CANDIDATES"].items():
+    for name, candidates in choose["CANDIDATES"].items():
         config = medmnist.get_config(name)
         batches = -(-medmnist.medmnist.INFO[name].num_train // config.trainer.batch_size)
         for _, epochs, keys in candidates:
-            config = parsed(select["candidate_flags"](name, epochs, keys), monkeypatch)
-            for key, expected in {**select["PLAIN"], **select["ACS_OFF"], **keys}.items():
+            config = parsed(choose["candidate_flags"](name, epochs, keys), monkeypatch)
+            for key, expected in {**choose["PLAIN"], **choose["ACS_OFF"], **keys}.items():
                 assert value(config, key) == expected, (name, key)
             assert config.trainer.num_train_steps == epochs * batches
             assert 1 <= config.trainer.eval_every_steps <= config.trainer.num_train_steps
