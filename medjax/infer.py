@@ -32,7 +32,7 @@ from absl import app, flags, logging
 from scipy import special
 
 from medjax import xla_cpu
-from medjax.errors import ConfigError
+from medjax.errors import ConfigError, NonFiniteValue
 from medjax.export_files import describe, line, load_model, named
 
 FLAGS = flags.FLAGS
@@ -57,7 +57,10 @@ def infer(export: str, path: str, batch_size: int) -> list[dict]:
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"--batch_size={batch_size}: examples per call must be 1 or more")
     metadata, exported = load_model(export)
-    ids, inputs = read_inputs(path, metadata)
+    try:
+        ids, inputs = read_inputs(path, metadata)
+    except NonFiniteValue as e:  # a record file (one stay) with a NaN or inf value
+        return [_refused(os.path.basename(path).removesuffix(".txt"), line(e, None))]
     inputs, reasons = check_inputs(inputs, metadata, path)
     keep = [i for i in range(len(ids)) if i not in reasons]
     outputs = score(exported, {k: v[keep] for k, v in inputs.items()}, batch_size) if keep else {}
@@ -77,7 +80,8 @@ def read_inputs(path: str, metadata: dict) -> tuple[list[str], dict[str, np.ndar
         from medjax.data import physionet2012, time_grid
 
         grid = metadata["input_contract"]["grid"]
-        record = physionet2012.read_record(path)
+        with np.errstate(over="ignore"):  # values beyond float32 are clipped, as in training
+            record = physionet2012.read_record(path)
         try:
             arrays = time_grid.to_grid([record], hours=grid["hours"], step_hours=grid["step_hours"])
         except (OverflowError, ValueError) as e:  # a RecordID beyond int64, ...

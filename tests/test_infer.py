@@ -219,6 +219,19 @@ def test_icu_stays_with_non_finite_or_impossible_values_are_refused(exports, tmp
     record.write_text(RECORD)
     status, rows, err = _run(capsys, exports["icu"], record)
     assert status == 0 and not err and rows[0]["id"] == "7" and rows[0]["scored"]
+    for value in ("nan", "inf", "-Infinity", "1e400"):  # a record file is one stay
+        record.write_text(RECORD.replace("01:37,HR,80", f"01:37,HR,{value}"))
+        status, rows, err = _run(capsys, exports["icu"], record)
+        assert status == 0 and err.startswith("warning: 1 of 1 examples not scored")
+        assert rows == [
+            {
+                "id": "7",
+                "scored": False,
+                "reason": f"not scored: {record} line 5: "
+                f'"01:37,HR,{value}" is not HH:MM,Parameter,Value (a finite number); '
+                f"fix the line or re-download the set from {physionet2012.URL}",
+            }
+        ]
 
 
 def test_a_scan_with_non_finite_voxels_is_refused(exports, tmp_path, capsys):
