@@ -88,7 +88,7 @@ def _spec(s) -> bool:
     except (TypeError, ValueError):
         return False
     sizes = shape[1:]
-    return kind in "biuf" and all(
+    return kind in "iuf" and all(
         isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in sizes
     )
 

@@ -216,25 +216,17 @@ def _value_problems(name: str, array: np.ndarray, cast: np.ndarray, metadata: di
     """(example, reason) for each example whose values of input `name` the model cannot take."""
     with np.errstate(invalid="ignore", over="ignore"):
         if cast.dtype.kind == "f":
-            bad = np.isinf(cast) if name in UNKNOWN_IS_NAN else ~np.isfinite(cast)
-            what = (
-                "infinite (NaN: unknown)"
-                if name in UNKNOWN_IS_NAN
-                else ("not finite (NaN, inf, or beyond float32)")
-            )
+            unknown = name in UNKNOWN_IS_NAN
+            bad = np.isinf(cast) if unknown else ~np.isfinite(cast)
+            what = "infinite (NaN: unknown)" if unknown else "not finite (NaN, inf, or beyond "
+            what += "" if unknown else f"{cast.dtype})"
         else:
             info = np.iinfo(cast.dtype)
             bad = ~((array >= info.min) & (array <= info.max) & (array == np.round(array)))
             what = f"not whole numbers within {cast.dtype}"
         problems = [(bad, what)]
-        steps = next(
-            (
-                s["shape"][1]
-                for s in metadata["inputs"]
-                if s["name"] == "values" and len(s["shape"]) == 3
-            ),
-            None,
-        )
+        shapes = {s["name"]: s["shape"] for s in metadata["inputs"]}
+        steps = shapes["values"][1] if len(shapes.get("values", ())) == 3 else None
         if name in RANGES and steps is not None:
             expected, valid = RANGES[name]
             problems.append((~bad & ~valid(cast, steps), f"outside {expected} (T = {steps})"))

@@ -50,12 +50,12 @@ def _icu_function(inputs):
     return {"logit": score, "probs": jax.nn.softmax(logits), "score": score}
 
 
-def _write_export(folder, function, specs, contract, **changes) -> str:
+def _write_export(folder, function, specs, contract, platforms=("cpu", "cuda"), **changes) -> str:
     """An export/ folder of `function` of the inputs {name: (shape, dtype)}."""
     os.makedirs(folder)
     batch = jax.export.symbolic_shape("b")
     args = {n: jax.ShapeDtypeStruct((*batch, *s), d) for n, (s, d) in specs.items()}
-    exported = jax.export.export(jax.jit(function), platforms=("cpu", "cuda"))(args)
+    exported = jax.export.export(jax.jit(function), platforms=platforms)(args)
     with open(os.path.join(folder, "model.jax_export"), "wb") as f:
         f.write(exported.serialize())
     outputs = jax.eval_shape(
@@ -433,6 +433,16 @@ def test_export_and_batch_size_arguments(exports, tmp_path, capsys):
         f"{tmp_path / 'run'} holds a run's export: give "
         f"--export={tmp_path / 'run' / 'export'}\n"
     )
+
+
+def test_an_export_for_other_platforms_is_one_line(tmp_path, capsys):
+    folder = _write_export(
+        tmp_path / "tpu", _image_function, {"image": ((8, 8), "float32")}, {}, platforms=("tpu",)
+    )
+    np.savez(tmp_path / "x.npz", images=np.zeros((2, 8, 8), np.float32))
+    err = _error(capsys, folder, tmp_path / "x.npz")
+    platform = jax.export.default_export_platform()
+    assert f"model.jax_export runs on tpu; JAX here runs on {platform}" in err
 
 
 def _object_npz(path):
