@@ -311,7 +311,11 @@ def run(export: str, path: str, batch_size: int) -> int:
             record = _refused(record["id"], "a result that is not finite")
             lines.append(json.dumps(record, allow_nan=False))
         refused += not record["scored"]
-    print("\n".join(lines))
+    try:
+        print("\n".join(lines), flush=True)
+    except BrokenPipeError:  # a reader that stopped early (| head): no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     if refused:
         print(
             f"warning: {refused} of {len(lines)} examples not scored; their objects say why",
