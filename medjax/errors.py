@@ -5,6 +5,10 @@ class ConfigError(ValueError):
     """A problem the user can fix; the message names the thing, the expected form and the fix."""
 
 
+class NonFiniteValue(ConfigError):
+    """An input file holds NaN or an infinite value where a number must be finite."""
+
+
 class NonFiniteError(RuntimeError):
     """Training met a non-finite loss or gradient and `trainer.on_nonfinite` is "stop"."""
 

@@ -253,6 +253,24 @@ def test_infer_scores_files_with_the_exported_model_alone(finished_tiny_run, tmp
         assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
         assert re.search(message, lines[0]), lines[0]
 
+    # Non-finite HU are not scored, in valid JSON (the model's window clipped inf; NaN gave NaN
+    # probabilities and "decision": 0); tests/test_infer.py has the other cases.
+    images = images.astype(np.float32)
+    images[1], images[3, 4, 4] = np.nan, np.inf
+    np.savez(tmp_path / "bad.npz", images=images)
+    result = _infer(f"--export={folder}", f"--input={tmp_path / 'bad.npz'}")
+    assert result.returncode == 0 and result.stderr.startswith("warning: 2 of 5 examples")
+    rows = [json.loads(line, parse_constant=_refuse) for line in result.stdout.splitlines()]
+    assert [row["scored"] for row in rows] == [True, False, True, False, True]
+    assert (
+        rows[3]["reason"]
+        == "not scored: image: 1 of 1024 values not finite (NaN, inf, or beyond float32)"
+    )
+
+
+def _refuse(constant):
+    raise ValueError(f"{constant} is not JSON (RFC 8259)")
+
 
 def test_infer_imports_no_training_code():
     code = (
@@ -260,4 +278,6 @@ def test_infer_imports_no_training_code():
         "print(sorted(m for m in sys.modules if m.startswith(('medjax', 'flax', 'tensorflow'))))"
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert loaded.stdout.strip() == "['medjax', 'medjax.errors', 'medjax.infer', 'medjax.xla_cpu']"
+    assert loaded.stdout.strip() == (
+        "['medjax', 'medjax.errors', 'medjax.export_files', 'medjax.infer', 'medjax.xla_cpu']"
+    )

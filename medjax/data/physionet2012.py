@@ -32,7 +32,7 @@ from absl import logging
 
 from medjax.data import physionet2012_files as files
 from medjax.data.physionet2012_files import URL
-from medjax.errors import ConfigError
+from medjax.errors import ConfigError, NonFiniteValue
 
 SET_NAMES = ("a", "b", "c")
 HEADER = "Time,Parameter,Value"
@@ -321,19 +321,20 @@ def _parse_line(line: str, where: str, hours: dict, counts) -> tuple[float, str,
     if len(fields) == 3 and not fields[1].strip():
         counts["empty_parameter_lines"] += 1
         return None
+    problem = (
+        f'{where}: "{line}" is not HH:MM,Parameter,Value (a number); '
+        f"fix the line or re-download the set from {URL}"
+    )
     try:
         clock, name, raw = fields
         value = float(raw)
-        if not math.isfinite(value):
-            raise ValueError
         if clock not in hours:
             h, m = _CLOCK.fullmatch(clock.strip()).groups()
             hours[clock] = int(h) + int(m) / 60
     except (ValueError, AttributeError):
-        raise ConfigError(
-            f'{where}: "{line}" is not HH:MM,Parameter,Value (a number); '
-            f"fix the line or re-download the set from {URL}"
-        ) from None
+        raise ConfigError(problem) from None
+    if not math.isfinite(value):  # its own kind: medjax.infer refuses the record, not the file
+        raise NonFiniteValue(problem.replace("(a number)", "(a finite number)"))
     return hours[clock], name.strip(), value
 
 
