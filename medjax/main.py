@@ -20,7 +20,8 @@ one model, in a --workdir of its own that holds no checkpoint:
 
 Members may differ from the config only in `seed` and the trainer, optimizer and loss settings.
 With `--config.trainer.ensemble_size=K`, `train` trains the K seeds' runs itself, in
-<workdir>/members/, and then evaluates them as an ensemble in the workdir.
+<workdir>/members/, and then evaluates them as an ensemble in the workdir. An ensemble's
+workdir is a model to `evaluate`, `predict` with and `export` (the mean of its members' logits).
 
 Every device is used. On several hosts, run the same command in every process with
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`, or with none of them where

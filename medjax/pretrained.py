@@ -15,6 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from medjax import ensemble_file
 from medjax.errors import ConfigError
 
 FILE_TYPES = (".safetensors", ".npz")
@@ -28,7 +29,10 @@ def flatten(variables: dict) -> dict[str, np.ndarray]:
 def from_workdir(workdir: str) -> dict[str, np.ndarray]:
     """The params and batch statistics of the best checkpoint of `workdir` (its latest where
     it kept no best), the moving average of the params where the run kept one (what its
-    evaluation used)."""
+    evaluation used). An ensemble's workdir is refused, naming a member to start from."""
+    ensemble_file.refuse(
+        workdir, "a model starts from one run's weights", "--config.init.from_workdir"
+    )
     steps = {}
     for kind in ("best", "latest"):
         folder = os.path.join(workdir, "checkpoints", kind)

@@ -3,6 +3,7 @@
 import atexit
 import contextlib
 import importlib
+import json
 import os
 import shutil
 import sys
@@ -164,6 +165,48 @@ def finished_tiny_run(_finished_tiny_run, tmp_path):
         workdir=str(workdir),
         test_metrics=dict(run.test_metrics),
     )
+
+
+def _another_model(run: FinishedRun, folder) -> str:
+    """A copy of the finished run, in `folder`, whose best checkpoint is another of its
+    checkpoints and whose config differs in keys an ensemble's members may differ in (seed 1,
+    another learning rate): a second member, without training."""
+    workdir = shutil.copytree(run.workdir, folder)
+    best, latest = (workdir / "checkpoints" / name for name in ("best", "latest"))
+    (step,) = os.listdir(best)
+    other = next(s for s in os.listdir(latest) if s.isdigit() and s != step)
+    shutil.rmtree(best / step)
+    shutil.copytree(latest / other, best / other)
+    config = json.loads((workdir / "config.json").read_text())
+    config["seed"], config["optimizer"]["learning_rate"] = 1, 0.01
+    (workdir / "config.json").write_text(json.dumps(config))
+    return str(workdir)
+
+
+class TinyEnsemble(typing.NamedTuple):
+    config: ml_collections.ConfigDict  # with trainer.ensemble_size=2
+    workdir: str
+    members: list[str]
+    test_metrics: dict
+
+
+@pytest.fixture
+def tiny_ensemble(finished_tiny_run, tmp_path):
+    """The tiny ct_cnn's workdir as trainer.ensemble_size=2 leaves it: members/seed_0 (the
+    finished run), members/seed_1 (_another_model) and the ensemble's evaluation (train.ensemble),
+    trained without a step."""
+    from medjax import train
+
+    run = finished_tiny_run
+    workdir = tmp_path / "ensemble"
+    members = [
+        str(shutil.copytree(run.workdir, workdir / "members" / "seed_0")),
+        _another_model(run, workdir / "members" / "seed_1"),
+    ]
+    config = run.config
+    config.trainer.ensemble_size = 2
+    test_metrics = train.ensemble(config, str(workdir), members)
+    return TinyEnsemble(config, str(workdir), members, test_metrics)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from medjax.errors import ConfigError
 from medjax.tasks import build_task, classification, ehr
 from medjax.train import steps
 from medjax.train.evaluation import evaluate_split
-from medjax.train.modes import restore_best
+from medjax.train.trained import restore_best
 
 # configs/ct_cnn.py as conftest.shrink makes it: the finished tiny run's data and model
 TINY_CT_CNN = [
@@ -54,25 +54,6 @@ def _predictions(workdir):
     return [r["id"] for r in rows], np.array([[float(r[f"prob_{c}"]) for c in "01"] for r in rows])
 
 
-def _refit(config):
-    """Changes keys members may differ in."""
-    config["seed"] = 1
-    config["optimizer"]["learning_rate"] = 0.01
-
-
-def _another_model(run, tmp_path):
-    """A copy of the finished run whose best checkpoint is another of its checkpoints, and whose
-    config differs in keys members may differ in (seed, learning rate)."""
-    workdir = shutil.copytree(run.workdir, tmp_path / "other")
-    best, latest = (workdir / "checkpoints" / name for name in ("best", "latest"))
-    (step,) = os.listdir(best)
-    other = next(s for s in os.listdir(latest) if s.isdigit() and s != step)
-    shutil.rmtree(best / step)
-    shutil.copytree(latest / other, best / other)
-    _edit_json(workdir / "config.json", _refit)
-    return str(workdir)
-
-
 @pytest.mark.slow
 def test_an_ensemble_of_copies_of_a_run_is_that_run(finished_tiny_run, tmp_path, run_main):
     run = finished_tiny_run
@@ -95,26 +76,22 @@ def test_an_ensemble_of_copies_of_a_run_is_that_run(finished_tiny_run, tmp_path,
     report = (workdir / "report.md").read_text()
     assert "an ensemble of 2 members, the mean of their logits" in report
     assert f"member `{run.workdir}`" in report and f"member `{copy}`" in report
+    # The members relative to the ensemble's workdir (tmp_path/ensemble): ../finished, ../copy.
     assert json.loads((workdir / "ensemble.json").read_text()) == {
-        "members": [run.workdir, str(copy)]
+        "members": [os.path.join("..", os.path.basename(m)) for m in (run.workdir, copy)]
     }
     assert not (workdir / "checkpoints").exists()
-    for mode in (train.train_and_evaluate, train.evaluate):
-        with pytest.raises(ConfigError, match="holds the evaluation of an ensemble"):
-            mode(run.config, str(workdir))
+    with pytest.raises(ConfigError, match="holds the evaluation of an ensemble"):
+        train.train_and_evaluate(run.config, str(workdir))
     assert not (workdir / "checkpoints").exists()
 
 
 @pytest.mark.slow
-def test_the_ensemble_averages_its_members_logits(finished_tiny_run, tmp_path):
-    run = finished_tiny_run
-    members = [run.workdir, _another_model(run, tmp_path)]
-    workdir = str(tmp_path / "ensemble")
-    got = train.ensemble(run.config, workdir, members)
-
-    task, mesh = build_task(run.config), parallel.data_mesh()
+def test_the_ensemble_averages_its_members_logits(tiny_ensemble):
+    config, workdir, members, got = tiny_ensemble
+    task, mesh = build_task(config), parallel.data_mesh()
     outputs = [
-        evaluate_split(restore_best(run.config, task, m)[0], task, "test", mesh)[1] for m in members
+        evaluate_split(restore_best(config, task, m)[0], task, "test", mesh)[1] for m in members
     ]
     assert not np.allclose(outputs[0]["logits"], outputs[1]["logits"], atol=1e-3)
     logits = np.mean([o["logits"] for o in outputs], axis=0)
@@ -172,14 +149,25 @@ def test_members_of_another_run_are_refused(finished_tiny_run, tmp_path, files, 
 @pytest.mark.parametrize(
     "members, workdir, message",
     [
-        (["a"], "ensemble", "an ensemble needs at least 2 different finished workdirs"),
-        (["a", "a/"], "ensemble", "an ensemble needs at least 2 different finished workdirs"),
+        (["a"], "ensemble", "an ensemble needs at least 2 finished workdirs"),
+        (["a", "a/"], "ensemble", "/a is listed twice; give each member once"),
+        (["a", "b", "a"], "ensemble", "/a is listed twice; give each member once"),
+        (["a", "b/../a"], "ensemble", "/a and /tmp_path/b/../a are the same folder"),
         (["a", "b"], "a", "/a is one of the --members; give it another"),
         (["a", "b"], "run", "/run holds a training run (checkpoints/); give another"),
         (["a", "b"], "ensemble", "/a/config.json: each of --members must hold a trained run"),
         (["untrained", "b"], "ensemble", "no checkpoint in"),
     ],
-    ids=["one", "one twice", "workdir a member", "workdir a run", "no config", "no checkpoint"],
+    ids=[
+        "one",
+        "one twice",
+        "a,b,a",
+        "one twice by another path",
+        "workdir a member",
+        "workdir a run",
+        "no config",
+        "no checkpoint",
+    ],  # fmt: skip
 )
 def test_bad_members_are_refused_and_nothing_is_written(
     tiny_config, tmp_path, members, workdir, message
@@ -188,6 +176,7 @@ def test_bad_members_are_refused_and_nothing_is_written(
         os.makedirs(tmp_path / folder)
     (tmp_path / "untrained" / "config.json").write_text(tiny_config.to_json_best_effort())
     before = sorted(os.walk(tmp_path))
+    message = message.replace("/tmp_path", str(tmp_path))
     with pytest.raises(ConfigError, match=re.escape(message)):
         train.ensemble(tiny_config, str(tmp_path / workdir), [str(tmp_path / m) for m in members])
     assert sorted(os.walk(tmp_path)) == before
@@ -248,7 +237,7 @@ def test_ensemble_size_trains_the_seeds_then_evaluates_them_as_one(
     trained = json.loads((members[1] / "config.json").read_text())
     assert trained["seed"] == 1 and trained["trainer"]["ensemble_size"] == 1
     assert json.loads((workdir / "ensemble.json").read_text()) == {
-        "members": list(map(str, members))
+        "members": ["members/seed_0", "members/seed_1"]
     }
     line = _test_line(workdir)
     assert line["auroc"] == pytest.approx(got["auroc"])
@@ -260,3 +249,79 @@ def test_ensemble_size_trains_the_seeds_then_evaluates_them_as_one(
     assert not calls
     with pytest.raises(ConfigError, match="holds a training run"):
         train.train_ensemble(config, run.workdir)
+
+
+def _test_probs(predictions: str):
+    """The ids and class probabilities of the test rows of --mode=predict's table."""
+    with open(predictions) as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
+    return [r["id"] for r in rows], np.array([[float(r[f"prob_{c}"]) for c in "01"] for r in rows])
+
+
+@pytest.mark.slow
+def test_an_ensembles_workdir_is_a_model_to_predict_and_evaluate_with(tiny_ensemble, tmp_path):
+    config, workdir, members, got = tiny_ensemble
+    line = _test_line(workdir)
+    ids, probs = _predictions(workdir)  # the ensemble's evaluation: its members' mean logits
+
+    predicted = train.predict(config, workdir)  # as the README's breastmnist example
+    assert predicted == os.path.join(workdir, "predictions", "synthetic_ct.csv")
+    predicted_ids, predicted_probs = _test_probs(predicted)
+    assert predicted_ids == ids
+    np.testing.assert_allclose(predicted_probs, probs, atol=2e-6)
+    for member in members:  # not any one member's
+        assert not np.allclose(_predictions(member)[1], probs, atol=1e-3)
+
+    assert train.evaluate(config, workdir) == pytest.approx(got)
+    assert _test_line(workdir) == pytest.approx(line)
+    val = train.evaluate(config, workdir, split="val")
+    assert val["auroc"] != pytest.approx(got["auroc"])
+    assert _test_line(workdir) == pytest.approx(line)
+
+    # What only a single model does names a member to give instead, and writes nothing.
+    before = sorted(os.walk(tmp_path))
+    name_one = "holds an ensemble (ensemble.json): {}; name one of its members, e.g. {}="
+    with pytest.raises(ConfigError) as refused:
+        train.explain(config, workdir)
+    expected = name_one.format("explanations are a single model's", "--workdir")
+    assert str(refused.value) == f"{workdir} {expected}{members[0]}"
+    fine_tune = config.copy_and_resolve_references()
+    fine_tune.trainer.ensemble_size = 1
+    fine_tune.init.from_workdir = workdir
+    with pytest.raises(ConfigError) as refused:
+        train.train_and_evaluate(fine_tune, str(tmp_path / "fine_tune"))
+    why = "a model starts from one run's weights"
+    expected = name_one.format(why, "--config.init.from_workdir")
+    assert str(refused.value) == f"{workdir} {expected}{members[0]}"
+    assert sorted(os.walk(tmp_path)) == before
+    assert train.explain(config, members[0])  # the member named, as a run's workdir
+
+
+@pytest.mark.slow
+def test_an_ensemble_moved_with_its_members_reads_from_any_folder(
+    tiny_ensemble, tmp_path, monkeypatch
+):
+    config, workdir, _, got = tiny_ensemble
+    stored = json.loads((tmp_path / "ensemble" / "ensemble.json").read_text())
+    assert stored == {"members": ["members/seed_0", "members/seed_1"]}
+    ids, probs = _predictions(workdir)
+    moved = shutil.move(workdir, tmp_path / "moved" / "ensemble")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    relative = os.path.join("..", "moved", "ensemble")
+    assert train.evaluate(config, relative) == pytest.approx(got)
+    predicted_ids, predicted_probs = _test_probs(train.predict(config, relative))
+    assert predicted_ids == ids
+    np.testing.assert_allclose(predicted_probs, probs, atol=2e-6)
+    assert json.loads((moved / "ensemble.json").read_text()) == stored  # rewritten, the same
+
+    # A member left behind: one line naming it, where it was looked for, and what to do.
+    shutil.move(moved / "members" / "seed_1", tmp_path / "seed_1")
+    for mode in (train.evaluate, train.predict, train.export):
+        with pytest.raises(ConfigError) as refused:
+            mode(config, relative)
+        assert str(refused.value) == (
+            f"{relative}/ensemble.json names the member 'members/seed_1', which is not at "
+            f"{relative}/members/seed_1: members are stored relative to the ensemble's workdir; "
+            "move them with it, or run --mode=ensemble again with --members where they are now"
+        )

@@ -129,6 +129,42 @@ def test_export_of_the_2d_cnn_reproduces_predict(finished_tiny_run, tmp_path, mo
 
 
 @pytest.mark.slow
+def test_export_of_an_ensemble_is_one_function_that_reproduces_its_predict(tiny_ensemble, tmp_path):
+    config, workdir, members, _ = tiny_ensemble
+    # One function of the members' mean logits, its threshold and calibration the ensemble's.
+    metadata = _check_export(config, workdir, tmp_path)
+    steps_of = [int(os.listdir(os.path.join(m, "checkpoints", "best"))[0]) for m in members]
+    assert metadata["ensemble"] == [
+        {"workdir": f"members/seed_{seed}", "seed": seed, "step": step}
+        for seed, step in enumerate(steps_of)
+    ]
+    assert metadata["step"] is None and steps_of[0] != steps_of[1]
+    member_export = train.export(config, members[0])  # a member alone scores otherwise
+    with open(os.path.join(member_export, "metadata.json")) as f:
+        member = json.load(f)
+    assert member["ensemble"] is None and member["step"] == steps_of[0]
+    assert member["operating_point"]["threshold"] != pytest.approx(
+        metadata["operating_point"]["threshold"]
+    )
+
+    # medjax.infer on the export alone gives --mode=predict's test probabilities.
+    rows = _test_rows(os.path.join(workdir, "predictions", "synthetic_ct.csv"))
+    images = raw_inputs.raw_inputs(config).load_split("test")["image"]
+    np.savez(tmp_path / "scans.npz", test_images=images)
+    result = _infer(f"--export={workdir}/export", f"--input={tmp_path / 'scans.npz'}")
+    assert result.returncode == 0, result.stderr
+    found = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(found) == len(rows) == len(images)
+    names = metadata["class_names"]
+    np.testing.assert_allclose(
+        [[row["probabilities"][n] for n in names] for row in found],
+        [[float(row[f"prob_{c}"]) for c in "01"] for row in rows],
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ct_cnn3d", "ct_vae"])
 def test_export_of_the_3d_cnn_and_the_vae_reproduces_predict(tiny, tmp_path, name):
     # The configs of test_train.py's 3D run and test_vae.py's 2D run: compiled once for both.

@@ -14,7 +14,7 @@ from medjax.errors import ConfigError
 from medjax.models import cnn
 from medjax.stats import bootstrap
 from medjax.tasks import image_pipelines, scoring
-from medjax.tasks.task import Task, compute_dtype
+from medjax.tasks.task import Task, compute_dtype, concrete_as_numpy
 
 
 def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict) -> Task:
@@ -148,8 +148,8 @@ def eval_outputs(logits, batch, *, multilabel):
 
 def ensemble_outputs(members, *, multilabel):
     """The mean of the members' logits, with the probabilities recomputed from it."""
-    logits = np.mean([gathered["logits"] for gathered in members], axis=0)
-    return jax.tree.map(np.asarray, eval_outputs(logits, members[0], multilabel=multilabel))
+    logits = jnp.mean(jnp.stack([gathered["logits"] for gathered in members]), axis=0)
+    return concrete_as_numpy(eval_outputs(logits, members[0], multilabel=multilabel))
 
 
 def class_intervals(gathered):

@@ -14,7 +14,13 @@ from medjax.errors import ConfigError
 from medjax.models import attention, rnn
 from medjax.stats import metrics, subgroups
 from medjax.tasks import scoring
-from medjax.tasks.task import Task, compute_dtype, config_train_batches, fingerprint
+from medjax.tasks.task import (
+    Task,
+    compute_dtype,
+    concrete_as_numpy,
+    config_train_batches,
+    fingerprint,
+)
 
 INPUTS = ("values", "mask", "delta", "lengths", "static")
 MODELS = (*rnn.MODELS, "mtan")
@@ -179,8 +185,8 @@ def eval_outputs(outputs, batch):
 
 def ensemble_outputs(members):
     """The mean of the members' logits, with the probabilities recomputed from it."""
-    logit = np.mean([gathered["logit"] for gathered in members], axis=0)
-    return jax.tree.map(np.asarray, eval_outputs({"logits": logit[:, None]}, members[0]))
+    logit = jnp.mean(jnp.stack([gathered["logit"] for gathered in members]), axis=0)
+    return concrete_as_numpy(eval_outputs({"logits": logit[:, None]}, members[0]))
 
 
 def compute_metrics(gathered):

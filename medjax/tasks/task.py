@@ -64,7 +64,8 @@ class Task:
         trainer hands each its own key.
       ensemble_outputs: the gathered arrays of several models on one split (the same examples
         in the same order) -> an ensemble's: the mean of their logits, with what derives from
-        logits (probabilities) recomputed from it; None where the outputs have no logits (the
+        logits (probabilities) recomputed from it, numpy arrays of numpy ones; traceable, for
+        the exported function of an ensemble; None where the outputs have no logits (the
         VAE): such a task has no ensembles (--mode=ensemble).
       test_time_views: model inputs -> a tuple of inputs (test-time augmentation) whose model
         outputs evaluation averages; None: the inputs alone.
@@ -92,6 +93,12 @@ class Task:
     rng_streams: tuple[str, ...] = ("dropout",)
     ensemble_outputs: Callable[[list[dict[str, np.ndarray]]], dict[str, np.ndarray]] | None = None
     test_time_views: Callable[[Any], tuple] | None = None
+
+
+def concrete_as_numpy(tree):
+    """A tree's concrete arrays as numpy arrays, its traced ones (inside a jitted function, as
+    when an ensemble is exported) as they are."""
+    return jax.tree.map(lambda x: x if isinstance(x, jax.core.Tracer) else np.asarray(x), tree)
 
 
 def config_train_batches(config: ml_collections.ConfigDict, labels, load, start_step: int):

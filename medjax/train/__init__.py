@@ -3,7 +3,8 @@ modes `evaluate`, `explain`, `predict`, `export` and `ensemble`.
 
 state.py holds the training state; steps.py the jitted steps; loop.py the training loop;
 evaluation.py the evaluation of a checkpoint; checks.py the pre-flight checks; run_config.py
-the config diffs and fingerprints that guard resuming; modes.py evaluate, explain and predict;
+the config diffs and fingerprints that guard resuming; trained.py the model of a trained
+workdir (a run's best checkpoint, or an ensemble's members); modes.py evaluate, explain and predict;
 ensemble.py the evaluation of an ensemble of runs, and their training (`train_ensemble`);
 export.py the model with its preprocessing as a jax.export function and a SavedModel.
 """

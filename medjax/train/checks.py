@@ -6,7 +6,7 @@ import jax
 import ml_collections
 
 from configs import constraints
-from medjax import optim, parallel, pretrained, privacy
+from medjax import ensemble_file, optim, parallel, pretrained, privacy
 from medjax.data.dataset import SPLITS
 from medjax.errors import ConfigError
 from medjax.stats import operating_point
@@ -126,15 +126,12 @@ def require_checkpoint_dir(workdir: str) -> str:
     return checkpoint_dir
 
 
-ENSEMBLE_FILE = "ensemble.json"  # marks the workdir of an ensemble (--mode=ensemble)
-
-
 def refuse_ensemble_workdir(workdir: str) -> None:
-    """Refuses the workdir of an ensemble: it holds no checkpoint to train, evaluate or use."""
-    if os.path.exists(os.path.join(workdir, ENSEMBLE_FILE)):
+    """Refuses the workdir of an ensemble where a run's checkpoints are needed: it has none."""
+    if os.path.exists(os.path.join(workdir, ensemble_file.FILE)):
         raise ConfigError(
-            f"{workdir} holds the evaluation of an ensemble ({ENSEMBLE_FILE}), not a training "
-            "run; train in another --workdir, or run --mode=ensemble there again"
+            f"{workdir} holds the evaluation of an ensemble ({ensemble_file.FILE}), not a "
+            "training run; train in another --workdir, or run --mode=ensemble there again"
         )
 
 

@@ -1,6 +1,7 @@
-"""What a trained workdir can do without training: `--mode=evaluate`, `explain` and `predict`."""
+"""What a trained workdir can do without training: `--mode=evaluate`, `explain` and `predict`,
+on the model of a workdir (trained.load_model): a run's best checkpoint, or an ensemble's
+members."""
 
-import json
 import os
 import time
 
@@ -8,13 +9,14 @@ import jax
 import ml_collections
 from absl import logging
 
-from medjax import parallel, workdir_lock
+from medjax import ensemble_file, parallel, workdir_lock
 from medjax.errors import ConfigError
 from medjax.outputs import writers
-from medjax.tasks import Task, build_task
+from medjax.tasks import build_task
 from medjax.train import checks, run_config
-from medjax.train.evaluation import evaluate_split, explain_examples, final_evaluation
-from medjax.train.state import open_checkpoints
+from medjax.train.ensemble import ensemble
+from medjax.train.evaluation import explain_examples, final_evaluation
+from medjax.train.trained import load_model, restore_best, trained_config
 
 
 def evaluate(
@@ -27,33 +29,38 @@ def evaluate(
     """Evaluates the best checkpoint of a trained `workdir` on `split`, rewriting its report,
     predictions and plots; only the test split is logged to metrics.jsonl. Returns the
     split's metrics. A config or data that differ from the checkpoint's are refused as in
-    training, unless `allow_config_change`."""
+    training, unless `allow_config_change`. An ensemble's workdir is evaluated again as
+    --mode=ensemble did (its members checked against `config` as there)."""
     checks.check_split(split)
     workdir_lock.refuse_if_held(workdir, "evaluate")
+    members = ensemble_file.members(workdir)
+    if members is not None:
+        return ensemble(config, workdir, members, split=split)
     task = build_task(config)
     checks.require_checkpoint_dir(workdir)
     checks.check_run(config, task)
     current = run_config.fingerprint(config, task)
     checks.prepare_workdir(workdir)
-    latest, best = restore_latest_and_best(config, task, workdir)
-    saved = latest[1].get("fingerprint")
+    (model,) = load_model(config, task, workdir).members
+    saved = model.latest_progress.get("fingerprint")
     run_config.check_unchanged(saved, current, workdir, allow_config_change, model_only=True)
-    last_step = int(latest[0].step)
+    last_step = model.last_step
     logging.info("Evaluating the best checkpoint of %s (at step %d).", workdir, last_step)
     elapsed = 0.0
     if jax.process_index() == 0 and split == "test":  # other splits leave the test line there
         elapsed = writers.keep_metrics_up_to(os.path.join(workdir, "metrics.jsonl"), last_step)
     writer = writers.create_writer(workdir, time.time() - elapsed)
-    best_state = best[0] if best else latest[0]
     mesh = parallel.data_mesh()
-    return final_evaluation(config, task, best_state, last_step, workdir, writer, mesh, split)
+    return final_evaluation(config, task, model.state, last_step, workdir, writer, mesh, split)
 
 
 def explain(config: ml_collections.ConfigDict, workdir: str, *, split: str = "test") -> list[str]:
     """Writes explanations of the best checkpoint's predictions on the first
-    `config.explain.num_examples` examples of `split` to `workdir/plots`; returns the paths."""
+    `config.explain.num_examples` examples of `split` to `workdir/plots`; returns the paths.
+    An ensemble's workdir is refused, naming a member to explain instead."""
     checks.check_split(split)
     workdir_lock.refuse_if_held(workdir, "explain")
+    ensemble_file.refuse(workdir, "explanations are a single model's", "--workdir")
     task = build_task(config)
     if task.explain is None:
         raise ConfigError(f"the {config.task} task has no explanations; they are for the CNNs "
@@ -66,44 +73,12 @@ def explain(config: ml_collections.ConfigDict, workdir: str, *, split: str = "te
     return explain_examples(config, task, state, workdir, split)
 
 
-def restore_latest_and_best(config: ml_collections.ConfigDict, task: Task, workdir: str):
-    """The latest and the best checkpoints of `workdir`, each (state, progress), the best None
-    where none was kept; ConfigError when there is no checkpoint."""
-    checks.require_checkpoint_dir(workdir)
-    ckpts, abstract_state = open_checkpoints(config, task, workdir, parallel.data_mesh())
-    latest, best = ckpts.restore_latest(abstract_state), ckpts.restore_best(abstract_state)
-    ckpts.close()
-    if latest is None:
-        raise checks.no_checkpoint(ckpts.directory)
-    return latest, best
-
-
-def restore_best(config: ml_collections.ConfigDict, task: Task, workdir: str):
-    """(state, progress) of the best checkpoint of `workdir`; ConfigError when there is none."""
-    checks.require_checkpoint_dir(workdir)
-    ckpts, abstract_state = open_checkpoints(config, task, workdir, parallel.data_mesh())
-    best = ckpts.restore_best(abstract_state)
-    ckpts.close()
-    if best is None:
-        raise checks.no_checkpoint(ckpts.directory)
-    return best
-
-
-def trained_config(workdir: str, flag: str = "--workdir") -> ml_collections.ConfigDict:
-    """The config of the run in `workdir` (its config.json); ConfigError naming `flag` if none."""
-    checks.refuse_ensemble_workdir(workdir)
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(config_path):
-        raise ConfigError(f"no {config_path}: {flag} must hold a trained run (--mode=train)")
-    with open(config_path) as f:
-        return ml_collections.ConfigDict(json.load(f))
-
-
 def predict(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """Scores every example of the data `config.data` names (all its splits) with the best
-    checkpoint of `workdir` into predictions/<name>.csv, `name` the data's name and folder;
-    returns its path. `config` must match the training run's model and input rules (config.json);
-    statistics fitted on data come from the training run's data (`build_task`'s `fit_data`)."""
+    """Scores every example of the data `config.data` names (all its splits) with the model of
+    `workdir` (its best checkpoint, or its ensemble's mean logits) into
+    predictions/<name>.csv, `name` the data's name and folder; returns its path. `config`
+    must match the training run's model and input rules (config.json); statistics fitted on
+    data come from the training run's data (`build_task`'s `fit_data`)."""
     workdir_lock.refuse_if_held(workdir, "predict with")
     trained = trained_config(workdir)
     changes = run_config.input_rule_changes(trained, config)
@@ -114,12 +89,12 @@ def predict(config: ml_collections.ConfigDict, workdir: str) -> str:
             "data (--config.data.dir, --config.data.name)"
         )
     task = build_task(config, fit_data=trained.data)
-    state, _ = restore_best(config, task, workdir)
+    model = load_model(config, task, workdir)
     mesh = parallel.data_mesh()
     header, rows = None, []
     for split, size in task.split_sizes().items():
         if size:
-            _, gathered = evaluate_split(state, task, split, mesh)
+            gathered = model.outputs(task, split, mesh)
             header, split_rows = task.prediction_table(split, gathered)
             rows += [[split, *row] for row in split_rows]
     if not rows:
