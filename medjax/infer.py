@@ -36,10 +36,6 @@ from medjax.errors import ConfigError, NonFiniteValue
 from medjax.export_files import describe, line, load_model, named
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("export", None, "The export/ folder --mode=export wrote.")
-flags.DEFINE_string("input", None, "A DICOM folder, a .nii/.nii.gz, an .npz or a .txt record.")
-flags.DEFINE_integer("batch_size", 32, "Examples per call of the model: 1 or more.")
-flags.mark_flags_as_required(["export", "input"])
 SPLITS = ("train", "val", "test")
 NIFTI = (".nii", ".nii.gz")
 UNKNOWN_IS_NAN = ("descriptors",)  # the ICU contract: a descriptor is NaN where unknown
@@ -343,5 +339,9 @@ def main(argv):
     sys.exit(run(FLAGS.export, FLAGS.input, FLAGS.batch_size))
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # flags only then: importing this module (tests) defines none
+    flags.DEFINE_string("export", None, "The export/ folder --mode=export wrote.")
+    flags.DEFINE_string("input", None, "A DICOM folder, a .nii/.nii.gz, an .npz or a .txt record.")
+    flags.DEFINE_integer("batch_size", 32, "Examples per call of the model: 1 or more.")
+    flags.mark_flags_as_required(["export", "input"])
     app.run(main, flags_parser=parse_flags)
