@@ -1,5 +1,6 @@
 """One writer per workdir, damaged checkpoints walked back, config files that fail to load."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -71,12 +72,97 @@ def test_a_live_holder_refuses_writers_and_readers(finished_tiny_run):
 
 def test_the_lock_of_a_dead_run_is_taken_over_and_released(finished_tiny_run, caplog):
     config, workdir = finished_tiny_run.config, finished_tiny_run.workdir
-    gone = subprocess.Popen([sys.executable, "-c", ""])
-    gone.wait()
-    _hold(workdir, gone.pid)
+    _hold(workdir, _dead_pid())
     train.train_and_evaluate(config, workdir)  # finished: evaluates again
     assert "the run that held it has ended" in caplog.text
     assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK_FILE))
+
+
+def test_a_lock_with_this_process_pid_from_another_process_is_not_ours(tmp_path):
+    _hold(tmp_path, os.getpid())  # e.g. PID 1 of another container on this filesystem
+    with pytest.raises(ConfigError, match=f"started 2026-12-05T07:00:00 .*PID {os.getpid()}"):
+        with workdir_lock.writer(str(tmp_path)):
+            pass
+    with open(tmp_path / workdir_lock.LOCK_FILE) as f:
+        assert json.load(f)["started"] == "2026-12-05T07:00:00"
+
+
+# argv: workdir, name, a file to wait for before taking the lock, one to wait for when first
+# judging a lock (that judgement touches <workdir>/<name>.judging). Inside the lock it
+# touches <workdir>/<name>, then waits for <workdir>/release.
+_TAKE_OVER = """
+import os, sys, time
+from medjax import workdir_lock
+from medjax.errors import ConfigError
+workdir, name, before, judging = sys.argv[1:]
+def wait_for(file):
+    deadline = time.time() + 60
+    while file and not os.path.exists(os.path.join(workdir, file)) and time.time() < deadline:
+        time.sleep(0.01)
+alive = workdir_lock._alive
+def first_judgement(pid):
+    workdir_lock._alive = alive
+    open(os.path.join(workdir, name + ".judging"), "w").close()
+    wait_for(judging)
+    return alive(pid)
+workdir_lock._alive = first_judgement
+wait_for(before)
+try:
+    with workdir_lock.writer(workdir):
+        open(os.path.join(workdir, name), "w").close()
+        wait_for("release")
+except ConfigError as e:
+    sys.exit(f"error: {e}")
+"""
+
+
+def _dead_pid():
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+    return gone.pid
+
+
+def test_two_runs_taking_over_one_stale_lock_at_once_one_writes(tmp_path, host_devices_env):
+    _hold(tmp_path, _dead_pid())
+
+    def start(name, before, judging):
+        argv = [sys.executable, "-c", _TAKE_OVER, tmp_path, name, before, judging]
+        return subprocess.Popen(argv, env=host_devices_env(1), stderr=subprocess.PIPE, text=True)
+
+    # slow judges the stale lock, then waits while fast takes it over and writes.
+    slow = start("slow", "", "fast")
+    fast = start("fast", "slow.judging", "")
+    deadline = time.time() + 120
+    while slow.poll() is None and not (tmp_path / "slow").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    (tmp_path / "release").touch()
+    _, slow_stderr = slow.communicate(timeout=120)
+    _, fast_stderr = fast.communicate(timeout=120)
+    assert fast.returncode == 0, fast_stderr[-2000:]
+    assert "the run that held it has ended" in fast_stderr
+    assert slow.returncode == 1 and not (tmp_path / "slow").exists(), slow_stderr[-2000:]
+    assert (
+        slow_stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: {tmp_path} is being written by the run started ")
+        and f"(PID {fast.pid})" in slow_stderr
+    )
+    assert "Traceback" not in slow_stderr
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".lock")]
+
+
+def test_a_stale_lock_whose_takeover_did_not_finish_is_one_error(tmp_path, monkeypatch):
+    _hold(tmp_path, _dead_pid())
+    lock = tmp_path / workdir_lock.LOCK_FILE
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()[:16]
+    (tmp_path / f".lock.takeover-{digest}").touch()  # its taker was killed
+    monkeypatch.setattr(workdir_lock, "_TAKEOVER_WAIT_S", 0.1)
+    with pytest.raises(ConfigError, match=f"{lock} was left by a run that ended, and "
+                       f"{lock}.takeover-{digest} by a takeover of it that did not finish; "
+                       "delete both"):  # fmt: skip
+        with workdir_lock.writer(str(tmp_path)):
+            pass
+    assert sorted(os.listdir(tmp_path)) == [".lock", f".lock.takeover-{digest}"]
 
 
 @pytest.mark.parametrize("damage", ["manifest", "progress", "truncated_blob"])
