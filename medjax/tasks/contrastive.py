@@ -93,7 +93,7 @@ def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict
         f"{temperature:g}) on two augmented views of each image",
         selection_metrics=("loss", "pair_accuracy"),
         split_sizes=lambda: image_pipelines.image_split_sizes(dataset),
-        data_fingerprint=lambda: image_pipelines.image_fingerprint(dataset),
+        data_fingerprint=lambda: image_pipelines.image_fingerprint(dataset, labels=False),
     )
 
 

@@ -20,13 +20,15 @@ def image_split_sizes(dataset, *, normal_only: bool = False) -> dict[str, int]:
     return sizes | ({"train": int(is_normal(labels["train"]).sum())} if normal_only else {})
 
 
-def image_fingerprint(dataset) -> str:
-    """Every split's example ids and labels, and the image shape (hashing every voxel of a CT
-    dataset would cost more than it tells)."""
+def image_fingerprint(dataset, *, labels: bool = True) -> str:
+    """Every split's example ids and (with `labels`) labels, and the image shape (hashing every
+    voxel of a CT dataset would cost more than it tells)."""
     arrays = {"image_shape": np.array(dataset.image_shape)}
     for split in SPLITS:
         loaded = dataset.load_split(split)
-        arrays |= {f"{split}/ids": loaded["ids"], f"{split}/labels": loaded["labels"]}
+        arrays[f"{split}/ids"] = loaded["ids"]
+        if labels:
+            arrays[f"{split}/labels"] = loaded["labels"]
     return fingerprint(arrays)
 
 
