@@ -127,8 +127,9 @@ def load(variables: dict, source: dict[str, np.ndarray], described: str) -> tupl
     """`variables` ({collection: tree}) with every tensor of `source` (flat names) whose name and
     shape match loaded, and a summary: {"source", "loaded", "skipped" {name: why},
     "unused" (the source's names the model lacks)}. A 3-channel first convolution loads into
-    a 1-channel one summed over its input channels (ImageNet weights on grayscale images).
-    ConfigError when nothing matches."""
+    a 1-channel one summed over its input channels (ImageNet weights on grayscale images), and
+    a 2D 1x1 kernel into a 3D 1x1x1 one (the shortcut projections of ACS models, whose wider
+    kernels are 2D). ConfigError when nothing matches."""
     flat = flatten(variables)
     loaded, skipped = {}, {}
     for name, value in flat.items():
@@ -138,6 +139,8 @@ def load(variables: dict, source: dict[str, np.ndarray], described: str) -> tupl
         theirs = np.asarray(source[name])
         if theirs.ndim >= 3 and theirs.shape[-2] == 3 and value.shape[-2] == 1:
             theirs = theirs.sum(axis=-2, keepdims=True)
+        if theirs.ndim >= 3 and value.shape == (1, *theirs.shape):
+            theirs = theirs[None]  # a 2D kernel as a 3D one of depth 1: the same map per slice
         if theirs.shape != value.shape:
             skipped[name] = f"shape {theirs.shape} in the source, {value.shape} here"
             continue

@@ -232,6 +232,20 @@ def test_rgb_stem_loads_into_a_grayscale_model_summed_over_colours():
     np.testing.assert_allclose(variables["params"]["stem_conv"]["kernel"], expected, rtol=1e-6)
 
 
+def test_every_torchvision_resnet18_tensor_loads_into_an_acs_resnet18():
+    state_dict = torchvision_resnet18_state_dict()
+    model = cnn.create_model("resnet18", num_classes=10, small_input=False, conv3d="acs")
+    fresh = model.init(jax.random.key(0), np.zeros((1, 16, 16, 16, 1)), train=False)
+    converted = pretrained.torchvision_resnet(state_dict)
+    variables, summary = pretrained.load(dict(fresh), converted, "weights")
+    assert summary["skipped"] == {} and summary["unused"] == []
+    assert len(summary["loaded"]) == len(converted) == 102
+    projection = variables["params"]["stage1_block0"]["conv_proj"]["kernel"]
+    assert projection.shape == (1, 1, 1, 64, 128)  # a 3D convolution, loaded as the 2D one
+    expected = state_dict["layer2.0.downsample.0.weight"].transpose(2, 3, 1, 0)
+    np.testing.assert_array_equal(projection[0], expected)
+
+
 def test_bad_sources_are_refused_before_the_workdir_is_touched(tiny_config, tmp_path):
     workdir = str(tmp_path / "run")
     cases = {
