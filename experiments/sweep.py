@@ -46,16 +46,42 @@ TABLE_METRICS = ("auroc", "accuracy", "auprc", "min_se_ppv", "nelbo", "anomaly_a
 
 
 def parse_grid(grid: list[str]) -> list[tuple[str, list[str]]]:
-    """[(key, values)] of `KEY=V1,V2` strings; ValueError on a malformed or repeated key."""
+    """[(key, values)] of `KEY=V1,V2` strings, split at the commas outside brackets and quotes
+    (a tuple value, `(32,32)`, is one, as ml_collections reads it); ValueError on a malformed
+    or repeated key."""
     axes = []
     for item in grid:
         key, _, values = item.partition("=")
-        if not key or not values or any(not v for v in values.split(",")):
-            raise ValueError(f"--grid={item!r}: expected KEY=V1,V2,... (e.g. model.width=0.5,1.0)")
+        split = _split_values(values)
+        if not key or not values or split is None or not all(split):
+            raise ValueError(
+                f"--grid={item!r}: expected KEY=V1,V2,... (e.g. model.width=0.5,1.0, or "
+                "data.image_shape=(32,32),(24,24): a value's brackets and quotes closed)"
+            )
         if key in dict(axes):
             raise ValueError(f"--grid names {key} twice; give all its values in one --grid")
-        axes.append((key, values.split(",")))
+        axes.append((key, split))
     return axes
+
+
+def _split_values(values: str) -> list[str] | None:
+    """`values` split at its commas outside brackets and quotes; None if one is left open."""
+    parts, depth, quote, start = [], 0, "", 0
+    for k, char in enumerate(values):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+            if depth < 0:
+                return None
+        elif char == "," and depth == 0:
+            parts.append(values[start:k])
+            start = k + 1
+    return None if depth or quote else [*parts, values[start:]]
 
 
 def check_overrides(config: str, axes, seeds, extra: list[str]) -> None:
@@ -268,11 +294,7 @@ def write_results(out: str, summary: list[dict], metrics: list[str]) -> None:
 def main(argv):
     extra = argv[1:]
     try:
-        axes = parse_grid(FLAGS.grid)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
-    try:
-        _, summary = sweep(FLAGS.config, axes, FLAGS.seeds, FLAGS.out, extra)
+        _, summary = sweep(FLAGS.config, parse_grid(FLAGS.grid), FLAGS.seeds, FLAGS.out, extra)
     except ValueError as e:
         sys.exit(f"error: {e}")
     metrics = [m for m in TABLE_METRICS if f"{m}_mean" in summary[0]]
@@ -283,7 +305,9 @@ def main(argv):
 
 if __name__ == "__main__":  # flags only here: other scripts and tests import the functions
     flags.DEFINE_string("config", None, "The config, as medjax.main's --config (path[:arg]).")
-    flags.DEFINE_multi_string("grid", [], "KEY=V1,V2,...: one config key's values; repeatable.")
+    flags.DEFINE_multi_string(
+        "grid", [], "KEY=V1,V2,...: one config key's values (a tuple is one: (32,32)); repeatable."
+    )
     flags.DEFINE_list("seeds", ["0", "1", "2"], "Values of config.seed.")
     flags.DEFINE_string("out", None, "Folder for the runs' workdirs and the results.")
     flags.mark_flags_as_required(["config", "out"])

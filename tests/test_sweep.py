@@ -42,7 +42,13 @@ def test_grid_parsing():
         ("model.width", ["0.5", "1.0"]),
         ("seed_x", ["a"]),
     ]
-    for bad in (["model.width"], ["model.width=0.5,"], ["=1"], ["a=1", "a=2"]):
+    # A tuple, a list or a quoted string is one value, as ml_collections reads it.
+    assert sweep["parse_grid"](["data.image_shape=(32,32),(24,24)", "a=[1,(2,3)],'x,y',z"]) == [
+        ("data.image_shape", ["(32,32)", "(24,24)"]),
+        ("a", ["[1,(2,3)]", "'x,y'", "z"]),
+    ]
+    for bad in (["model.width"], ["model.width=0.5,"], ["=1"], ["a=1", "a=2"], ["a=(1,2"],
+                ["a=1),(2"], ["a='1,2"]):  # fmt: skip
         with pytest.raises(ValueError, match="--grid"):
             sweep["parse_grid"](bad)
 
@@ -145,6 +151,8 @@ def test_a_failed_run_stops_the_sweep_with_its_command(tmp_path):
         (["model.width=0.5,1.0,0.50"], ["0"], [],
          "--grid: model.width=0.5 and model.width=0.50 are the same value"),
         ([], ["0", "1", "00"], [], "--seeds: seed=0 and seed=00 are the same value"),
+        (["data.image_shape=(32,32),(24,24),(32, 32)"], ["0"], [],
+         r"data.image_shape=\(32,32\) and data.image_shape=\(32, 32\) are the same value"),
     ],
 )  # fmt: skip
 def test_bad_keys_values_and_seeds_are_refused_before_anything_runs(
