@@ -80,7 +80,8 @@ def create_optimizer(
 def frozen_mask(params: dict, freeze: str) -> dict:
     """True for the parameters `init.freeze` names: "backbone" (all but the head), or
     comma-separated glob patterns over parameter paths ("stem_*,stage0_*"), a pattern
-    matching a path or any folder of it. ConfigError for a pattern that matches nothing."""
+    matching a path or any folder of it. ConfigError for a pattern that matches nothing, and
+    for patterns that freeze every parameter (nothing would be trained)."""
     paths = list(traverse_util.flatten_dict(params, sep="/"))
     if freeze == "backbone":
         if not any(p.split("/")[0] in HEAD_NAMES for p in paths):
@@ -101,6 +102,12 @@ def frozen_mask(params: dict, freeze: str) -> dict:
                     f"{paths[0]!r}, under: {', '.join(tops)}"
                 )
             frozen |= matched
+    if len(frozen) == len(paths):
+        raise ConfigError(
+            f"init.freeze={freeze!r} freezes all {len(paths)} parameters: nothing would be "
+            "trained; leave some trainable (init.freeze=backbone trains the head), or give no "
+            "init.freeze and evaluate the source with --mode=evaluate"
+        )
     return traverse_util.unflatten_dict({p: p in frozen for p in paths}, sep="/")
 
 

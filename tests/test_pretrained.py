@@ -112,6 +112,8 @@ def test_freeze_patterns_name_paths_or_their_folders():
         frozen("stem_conv,stage9_*")
     with pytest.raises(ConfigError, match="no layer named head"):
         optim.frozen_mask({"encoder": {"kernel": 0}}, "backbone")
+    with pytest.raises(ConfigError, match="'stem_conv,stage\\*,head' freezes all 5 parameters"):
+        frozen("stem_conv,stage*,head")
 
 
 def test_frozen_parameters_get_no_update_nor_decay():
@@ -255,6 +257,7 @@ def test_bad_sources_are_refused_before_the_workdir_is_touched(tiny_config, tmp_
             from_file="vgg.npz"
         ),
         "matches no parameter": dict(freeze="encoder_*"),
+        "freezes all 38 parameters: nothing would be trained": dict(freeze="*"),
         "no such file": dict(from_file="missing.safetensors"),
         "give a state dict as .safetensors or .npz": dict(from_file="resnet18.pth"),
     }

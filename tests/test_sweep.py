@@ -42,7 +42,13 @@ def test_grid_parsing():
         ("model.width", ["0.5", "1.0"]),
         ("seed_x", ["a"]),
     ]
-    for bad in (["model.width"], ["model.width=0.5,"], ["=1"], ["a=1", "a=2"]):
+    # A tuple, a list or a quoted string is one value, as ml_collections reads it.
+    assert sweep["parse_grid"](["data.image_shape=(32,32),(24,24)", "a=[1,(2,3)],'x,y',z"]) == [
+        ("data.image_shape", ["(32,32)", "(24,24)"]),
+        ("a", ["[1,(2,3)]", "'x,y'", "z"]),
+    ]
+    for bad in (["model.width"], ["model.width=0.5,"], ["=1"], ["a=1", "a=2"], ["a=(1,2"],
+                ["a=1),(2"], ["a='1,2"]):  # fmt: skip
         with pytest.raises(ValueError, match="--grid"):
             sweep["parse_grid"](bad)
 
@@ -102,6 +108,15 @@ def test_a_workdir_of_another_command_is_refused(tmp_path):
         sweep["record_commands"](str(tmp_path), other)
 
 
+def test_a_workdir_the_sweep_did_not_start_is_refused(tmp_path):
+    axes = sweep["parse_grid"](["model.width=0.5"])
+    runs = sweep["planned_runs"]("configs/x.py", axes, ["0"], str(tmp_path), [])
+    os.makedirs(runs[0]["workdir"])  # another program's, or one whose record was deleted
+    with pytest.raises(ValueError, match="exists but .*sweep_commands.json does not record it"):
+        sweep["record_commands"](str(tmp_path), runs)
+    assert not (tmp_path / sweep["COMMANDS"]).exists()
+
+
 def test_a_failed_run_stops_the_sweep_with_its_command(tmp_path):
     (planned,) = sweep["planned_runs"]("configs/x.py", [], ["0"], str(tmp_path), [])
 
@@ -123,6 +138,21 @@ def test_a_failed_run_stops_the_sweep_with_its_command(tmp_path):
         ([], ["0", "one"], [], "--config.seed=one: invalid literal for int"),
         ([], [], [], "--seeds is empty"),
         ([], ["0"], ["--config.data.dri=x"], "--config.data.dri=x: the config has no key dri;"),
+        # A row names its combination and seeds: a key of either is not set again after --.
+        (["model.width=0.25"], ["0"], ["--config.model.width=0.125"],
+         r"--config.model.width after -- sets a key that --grid=model.width=... sets"),
+        (["model.width=0.25"], ["0"], ["-config.model.width", "0.125"], "--grid=model.width"),
+        ([], ["0"], ["--config.seed=3"], "--config.seed after -- sets a key that --seeds sets"),
+        ([], ["0"], ["--config.model.width=1", "--config.model.width=2"],
+         "--config.model.width=1 and --config.model.width=2 after -- set the same key"),
+        ([], ["0"], ["--workdir=elsewhere"], "--workdir=elsewhere after --: the sweep sets"),
+        ([], ["0"], ["--config=configs/ct_cnn.py"], "--config=configs/ct_cnn.py after --"),
+        ([], ["0"], ["--mode", "evaluate"], "--mode after --"),
+        (["model.width=0.5,1.0,0.50"], ["0"], [],
+         "--grid: model.width=0.5 and model.width=0.50 are the same value"),
+        ([], ["0", "1", "00"], [], "--seeds: seed=0 and seed=00 are the same value"),
+        (["data.image_shape=(32,32),(24,24),(32, 32)"], ["0"], [],
+         r"data.image_shape=\(32,32\) and data.image_shape=\(32, 32\) are the same value"),
     ],
 )  # fmt: skip
 def test_bad_keys_values_and_seeds_are_refused_before_anything_runs(
