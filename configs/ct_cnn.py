@@ -5,11 +5,11 @@
 Reached test AUROC 0.9999 (0.999918697175257) in 102 s on 2 idle CPU cores, 2026-12-05.
 """
 
-from configs import default
+from medjax.settings import defaults
 
 
 def get_config():
-    config = default.get_config()
+    config = defaults.get_config()
     config.model.name = "resnet10"
     config.model.width = 0.25
     config.model.small_input = False  # 64x64 slices: a stride-4 stem keeps it fast on CPU

@@ -6,11 +6,11 @@ Reached test AUROC 0.936 in 7.5 minutes on 2 CPU cores (shared with other work).
 convolutions are slow on XLA:CPU; a GPU makes this config quick.
 """
 
-from configs import default
+from medjax.settings import defaults
 
 
 def get_config():
-    config = default.get_config()
+    config = defaults.get_config()
     config.data.image_shape = (32, 32, 32)
     config.data.num_train = 2000
     config.data.num_val = 400

@@ -12,11 +12,11 @@ Gaussian likelihood `nelbo` is a density in nats per image, so it can be negativ
 between runs of the same likelihood and window.
 """
 
-from configs import default
+from medjax.settings import defaults
 
 
 def get_config():
-    config = default.get_config()
+    config = defaults.get_config()
     config.task = "vae"
     config.model.name = "conv_vae"
     config.model.latent_size = 64

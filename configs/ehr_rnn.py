@@ -12,11 +12,11 @@ Outcomes-a.txt; `--config.data.train_sets=a,b` trains on sets A and B, `--config
 tests on the whole of set C rather than on a held-out part of the training sets).
 """
 
-from configs import default
+from medjax.settings import defaults
 
 
 def get_config():
-    config = default.get_config()
+    config = defaults.get_config()
     config.task = "ehr"
     config.data.name = "synthetic_ehr"
     config.data.num_train = 4000

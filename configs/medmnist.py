@@ -26,9 +26,9 @@ for all 5 seeds), RetinaMNIST 0.748 / 0.540 (the ensemble; 12.8 min), AdrenalMNI
       --datasets=breastmnist,retinamnist,adrenalmnist3d
 """
 
-from configs import default
 from medjax.data import medmnist
 from medjax.errors import ConfigError
+from medjax.settings import defaults
 
 EPOCHS = 50  # the paper trains 100
 # The recommended recipes (experiments/medmnist/README.md): epochs, and changes to the generic
@@ -51,7 +51,7 @@ def get_config(name: str = ""):
     base, size = medmnist.parse_name(name)
     info = medmnist.INFO[base]
     epochs, recipe = RECIPES.get(name, (EPOCHS, {}))
-    config = default.get_config()
+    config = defaults.get_config()
     config.data.name = name
     config.model.name = "resnet18"
     config.model.small_input = size == 28

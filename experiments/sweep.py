@@ -147,7 +147,7 @@ def _parse_config(argv: list[str]):
         raise ValueError(
             f"{flag}: the config has no key {name}"
             + (f" (did you mean {guess[1]}?)" if guess else "")
-            + "; the keys are in configs/default.py"
+            + "; the keys are in medjax/settings/defaults.py"
         ) from None
     except (flags.Error, OSError, TypeError, ValueError) as e:
         raise ValueError(f"{e}") from None

@@ -76,7 +76,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     if not isinstance(config, ml_collections.ConfigDict):
         sys.exit(
             f"error: the config file {path}: get_config() returned a {type(config).__name__}; "
-            "it must return an ml_collections.ConfigDict (start from configs/default.py's "
+            "it must return an ml_collections.ConfigDict (start from medjax/settings/defaults.py's "
             "get_config())"
         )
     return rest
@@ -96,8 +96,8 @@ def _parse_error(error: Exception, argv: list[str], path: str) -> str:
         key = str(error).strip("\"'")
         flag = next((a for a in argv if a.startswith("--config.") and key in a), key)
         return (
-            f"unknown config key '{key}' in {flag}; the keys are declared in configs/default.py "
-            "(check the spelling)"
+            f"unknown config key '{key}' in {flag}; the keys are declared in "
+            "medjax/settings/defaults.py (check the spelling)"
         )
     if isinstance(error, (flags.Error, OSError, TypeError, ValueError)):
         return str(error)

@@ -1,20 +1,20 @@
-"""configs/constraints.py: every numeric and enumerated key of configs/default.py has a rule,
-and each rule refuses what it should."""
+"""medjax/settings/rules.py: every numeric and enumerated key of medjax/settings/defaults.py
+has a rule, and each rule refuses what it should."""
 
 import math
 
 import pytest
 
-from configs import constraints, default
 from medjax import optim, tasks
 from medjax.models import cnn, conv_vae
+from medjax.settings import defaults, rules
 from medjax.train import run_config
 from medjax.train.steps import PARALLEL
 
-FLAT = run_config.flat(default.get_config())
+FLAT = run_config.flat(defaults.get_config())
 
 
-def _bad_values(rule: constraints.Rule, value):
+def _bad_values(rule: rules.Rule, value):
     """Values the rule of a key whose default is `value` must refuse."""
     if "one of" in rule.says:
         return ["no_such_choice", None]
@@ -35,24 +35,24 @@ def _bad_values(rule: constraints.Rule, value):
 def test_every_numeric_and_enumerated_key_has_a_rule():
     numeric = {k for k, v in FLAT.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     numeric |= {k for k, v in FLAT.items() if isinstance(v, list)}
-    assert numeric - constraints.CONSTRAINTS.keys() == set()
-    assert constraints.CONSTRAINTS.keys() - FLAT.keys() == set()  # no rule for a lost key
-    assert constraints.violations(FLAT) == []  # the defaults are valid
+    assert numeric - rules.CONSTRAINTS.keys() == set()
+    assert rules.CONSTRAINTS.keys() - FLAT.keys() == set()  # no rule for a lost key
+    assert rules.violations(FLAT) == []  # the defaults are valid
 
 
-@pytest.mark.parametrize("key", sorted(constraints.CONSTRAINTS))
+@pytest.mark.parametrize("key", sorted(rules.CONSTRAINTS))
 def test_each_rule_refuses_bad_values_and_names_the_range(key):
-    rule = constraints.CONSTRAINTS[key]
+    rule = rules.CONSTRAINTS[key]
     for bad in _bad_values(rule, FLAT[key]):
-        found = constraints.violations(FLAT | {key: bad})
+        found = rules.violations(FLAT | {key: bad})
         assert found == [f"{key}={bad!r} must be {rule.says}"], bad
 
 
 def test_the_enumerations_are_the_codes():
-    rules = constraints.CONSTRAINTS
+    table = rules.CONSTRAINTS
 
     def choices(key):
-        return set(rules[key].says.removeprefix("one of ").replace("'", "").split(", "))
+        return set(table[key].says.removeprefix("one of ").replace("'", "").split(", "))
 
     assert choices("task") == set(tasks.TASKS)
     assert choices("parallel") == set(PARALLEL)

@@ -64,9 +64,9 @@ def test_bad_fold_settings_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="has a split column, and data.num_folds=2"):
         assign_splits(rows, data=_data(2, 0), labels_path="labels.csv")
 
-    from configs import default
+    from medjax.settings import defaults
 
-    config = default.get_config()
+    config = defaults.get_config()
     config.data.update(num_folds=3, name="physionet2012", test_set="c")
     with pytest.raises(ConfigError, match="cross-validates over data.train_sets='a', each fold"):
         icu_series.load(config.data)

@@ -11,11 +11,11 @@ import pytest
 from conftest import shrink
 from sklearn import metrics as skm
 
-from configs import default
 from configs import medmnist as medmnist_config
 from medjax import train
 from medjax.data import image_dataset, medmnist
 from medjax.errors import ConfigError
+from medjax.settings import defaults
 from medjax.stats import metrics
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "medmnist")
@@ -47,7 +47,7 @@ def write_npz(directory, name, sizes=(24, 8, 12), *, column_labels=True, seed=0)
 
 
 def data_config(directory, name, download=False):
-    data = default.get_config().data
+    data = defaults.get_config().data
     data.update(name=name, dir=str(directory), download=download)
     return data
 

@@ -3,13 +3,13 @@ import numpy as np
 import optax
 import pytest
 
-from configs import default
 from medjax import optim
 from medjax.errors import ConfigError
+from medjax.settings import defaults
 
 
 def _opt(**overrides):
-    opt = default.get_config().optimizer
+    opt = defaults.get_config().optimizer
     opt.update(overrides)
     return opt
 

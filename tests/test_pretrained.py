@@ -10,10 +10,10 @@ import pytest
 from flax import traverse_util
 from test_medmnist import tiny_medmnist, write_npz
 
-from configs import default
 from medjax import optim, parallel, pretrained, train
 from medjax.errors import ConfigError
 from medjax.models import cnn
+from medjax.settings import defaults
 from medjax.tasks import build_task
 from medjax.train import loop
 from medjax.train.state import open_checkpoints
@@ -118,7 +118,7 @@ def test_freeze_patterns_name_paths_or_their_folders():
 
 def test_frozen_parameters_get_no_update_nor_decay():
     params = {"body": {"kernel": np.ones((2, 2), np.float32)}, "head": {"kernel": np.ones(2)}}
-    opt = default.get_config().optimizer
+    opt = defaults.get_config().optimizer
     opt.update(weight_decay=0.5, warmup_steps=0)
     tx, _ = optim.create_optimizer(opt, 10, freeze="body")
     state = tx.init(params)
@@ -210,7 +210,7 @@ def test_torchvision_weights_give_torchvisions_outputs(tmp_path, suffix):
         from safetensors.numpy import save_file
 
         save_file(state_dict, path)
-    init = default.get_config().init
+    init = defaults.get_config().init
     init.from_file = path
     model = cnn.create_model("resnet18", num_classes=10, small_input=False)
     images = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype(np.float32)

@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from configs import default
 from medjax import losses, optim, privacy
 from medjax.models import cnn
+from medjax.settings import defaults
 from medjax.tasks.task import Task
 from medjax.train import steps
 from medjax.train.state import create_train_state
@@ -50,7 +50,7 @@ def main(argv):
         description="memory probe",
         selection_metrics=("loss",),
     )  # fmt: skip
-    config = default.get_config()
+    config = defaults.get_config()
     tx, _ = optim.create_optimizer(config.optimizer, 100)
     state = create_train_state(task, tx, *jax.random.split(jax.random.key(0)))
     plan = privacy.Plan(

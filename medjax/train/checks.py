@@ -5,21 +5,18 @@ import os
 import jax
 import ml_collections
 
-from configs import constraints
 from medjax import ensemble_file, optim, parallel, pretrained, privacy
 from medjax.data.dataset import SPLITS
 from medjax.errors import ConfigError
+from medjax.settings import rules
 from medjax.stats import operating_point
 from medjax.tasks import Task
 from medjax.train import run_config
-from medjax.train.steps import PARALLEL
-
-CADENCES = ("num_train_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps")
 
 
 def check_values(config: ml_collections.ConfigDict) -> None:
-    """Every key's value against its rule in configs/constraints.py."""
-    found = constraints.violations(run_config.flat(config))
+    """Every key's value against its rule in medjax/settings/rules.py."""
+    found = rules.violations(run_config.flat(config))
     if found:
         raise ConfigError("; ".join(found))
 
@@ -34,12 +31,9 @@ def check_run(config: ml_collections.ConfigDict, task: Task) -> None:
 
 
 def check_trainer(config: ml_collections.ConfigDict, task: Task) -> None:
-    """The trainer's keys: batch sizes, cadences, selection, parallelism, EMA."""
+    """The trainer's keys that depend on the devices and the task (medjax/settings/rules.py
+    holds each key's own range): batch sizes that divide, a metric the task computes."""
     trainer = config.trainer
-    if trainer.accumulation_steps <= 0:
-        raise ConfigError(
-            f"trainer.accumulation_steps={trainer.accumulation_steps} must be a positive integer"
-        )
     parallel.check_batch_size(
         "trainer.batch_size", trainer.batch_size, multiple_of=trainer.accumulation_steps
     )
@@ -49,21 +43,6 @@ def check_trainer(config: ml_collections.ConfigDict, task: Task) -> None:
             f"trainer.selection_metric={trainer.selection_metric!r} is not a validation "
             f"metric of this task; valid: {', '.join(task.selection_metrics)}"
         )
-    if config.parallel not in PARALLEL:
-        raise ConfigError(f"parallel={config.parallel!r}; valid: {', '.join(PARALLEL)}")
-    if trainer.selection_mode not in ("max", "min"):
-        raise ConfigError(f"trainer.selection_mode={trainer.selection_mode!r}; use max or min")
-    for name in CADENCES:
-        if trainer[name] <= 0:
-            raise ConfigError(f"trainer.{name}={trainer[name]} must be a positive integer")
-    if trainer.on_nonfinite not in ("stop", "skip"):
-        raise ConfigError(f"trainer.on_nonfinite={trainer.on_nonfinite!r}; use stop or skip")
-    if trainer.ensemble_size < 1:
-        raise ConfigError(
-            f"trainer.ensemble_size={trainer.ensemble_size} must be a positive integer (1: one run)"
-        )
-    if not 0.0 <= trainer.ema_decay < 1.0:
-        raise ConfigError(f"trainer.ema_decay={trainer.ema_decay} must be in [0, 1); 0 is off")
 
 
 def check_privacy(config: ml_collections.ConfigDict, task: Task) -> None:

@@ -7,8 +7,8 @@ import ml_collections
 from absl import logging
 from flax import traverse_util
 
-from configs import default
 from medjax.errors import ConfigError
+from medjax.settings import defaults
 from medjax.tasks import Task
 
 # Keys that change no result: a run resumed with other values ends the same. The evaluation and
@@ -52,9 +52,9 @@ def fingerprint(config: ml_collections.ConfigDict, task: Task) -> dict:
 def config_changes(old: dict, new: dict, keep=lambda key: True) -> list[str]:
     """`key: old -> new` for each flattened key (that `keep` accepts) whose values differ. A
     key one config lacks (written before the key was added) counts as at its default, which
-    keeps the behaviour from before (configs/default.py)."""
-    defaults = flat(default.get_config())
-    old, new = ({k: values.get(k, defaults.get(k)) for k in old.keys() | new.keys()}
+    keeps the behaviour from before (medjax/settings/defaults.py)."""
+    default_values = flat(defaults.get_config())
+    old, new = ({k: values.get(k, default_values.get(k)) for k in old.keys() | new.keys()}
                 for values in (old, new))  # fmt: skip
     return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(old) if keep(k) and old[k] != new[k]]
 

@@ -1,7 +1,8 @@
-"""The valid values of configs/default.py's keys: one table, checked before a run touches its
-workdir (`check`, called by medjax's entry points), so a bad value stops it with one line that
-gives the valid range. Rules that tie keys together (warm-up shorter than training, a batch
-that divides over the devices, a metric the task computes) are checked where they are used.
+"""The valid values of medjax/settings/defaults.py's keys: one table, checked before a run
+touches its workdir (`check`, called by medjax's entry points), so a bad value stops it with
+one line that gives the valid range. Rules that tie keys together (warm-up shorter than
+training, a batch that divides over the devices, a metric the task computes) are checked where
+they are used.
 """
 
 import math
