@@ -14,10 +14,11 @@ them); Poisson-sampled batches of 64 expected examples, each example's gradient 
 privacy.json in the workdir states what was spent.
 """
 
-from configs import ct_cnn
+from configs import ct_cnn, smoke
 
 
-def get_config():
+def get_config(arg: str = ""):
+    _, smoke_run = smoke.split(arg, "configs/ct_cnn_dp.py")
     config = ct_cnn.get_config()
     config.model.norm = "group"
     config.privacy.enabled = True
@@ -25,4 +26,4 @@ def get_config():
     config.privacy.target_epsilon = 8.0
     config.privacy.microbatch_size = 16
     config.optimizer.grad_clip_norm = 0.0  # examples are clipped one by one instead
-    return config
+    return smoke.shrink(config) if smoke_run else config

@@ -12,19 +12,24 @@ Gaussian likelihood `nelbo` is a density in nats per image, so it can be negativ
 between runs of the same likelihood and window.
 """
 
+from configs import smoke
+from medjax import models
 from medjax.settings import defaults
 
 
-def get_config():
+def get_config(arg: str = ""):
+    _, smoke_run = smoke.split(arg, "configs/ct_vae.py")
     config = defaults.get_config()
     config.task = "vae"
-    config.model.name = "conv_vae"
-    config.model.latent_size = 64
-    config.model.vae_widths = (16, 32, 64)
-    config.model.likelihood = "gaussian_learned"  # CT intensities are continuous
-    config.model.prior = "vamp"  # N(0, I) missed the posteriors: its samples were noise
-    config.model.prior_components = 16
-    config.model.eval_samples = 4
+    config.model = models.settings(
+        "conv_vae",
+        latent_size=64,
+        widths=(16, 32, 64),
+        likelihood="gaussian_learned",  # CT intensities are continuous
+        prior="vamp",  # N(0, I) missed the posteriors: its samples were noise
+        prior_components=16,
+        eval_samples=4,
+    )
     config.loss.kl_warmup_steps = 100
     config.data.augment.enabled = False
     config.data.num_val = 500
@@ -36,4 +41,4 @@ def get_config():
     config.trainer.selection_mode = "min"
     config.optimizer.learning_rate = 1e-2
     config.optimizer.weight_decay = 0.0
-    return config
+    return smoke.shrink(config) if smoke_run else config

@@ -12,24 +12,38 @@ set-a/) and Outcomes-a.txt as PhysioNet distributes them, likewise b and c.
 `--config.data.train_sets=a,b` trains on the union of sets A and B; `--config.data.test_set=''`
 tests on a held-out part of the training sets instead of a whole set; 5-fold cross-validation
 over A and B (protocol 2): experiments/crossval.py --folds=5 --config.data.train_sets=a,b.
-GRU-D: `--config.model.name=gru_d --config.model.observation_dropout=0`.
+GRU-D: `--config=configs/ehr_physionet.py:gru_d`.
 """
 
-from configs import ehr_rnn
+from configs import ehr_rnn, smoke
+from medjax import models
+from medjax.errors import ConfigError
 
 
-def get_config():
+def get_config(arg: str = ""):
+    model, smoke_run = smoke.split(arg, "configs/ehr_physionet.py", takes_argument=True)
+    model = model or "mtan"
     config = ehr_rnn.get_config()
     config.data.name = "physionet2012"
-    config.model.name = "mtan"
-    config.model.time_features = 64
-    config.model.num_heads = 4
-    config.model.observation_dropout = 0.3
-    config.model.dropout_rate = 0.3
+    if model == "mtan":
+        config.model = models.settings(
+            "mtan",
+            hidden_size=64,
+            time_features=64,
+            num_heads=4,
+            observation_dropout=0.3,
+            dropout_rate=0.3,
+        )
+    elif model == "gru_d":
+        config.model = models.settings("gru_d", hidden_size=64, dropout_rate=0.3)
+    else:
+        raise ConfigError(
+            f"configs/ehr_physionet.py:{model}: the model after the colon is mtan or gru_d"
+        )
     config.trainer.num_train_steps = 1500
     config.trainer.eval_every_steps = 100
     config.trainer.checkpoint_every_steps = 100
     config.trainer.early_stopping_patience = 6
     config.optimizer.learning_rate = 3e-4
     config.optimizer.weight_decay = 1e-3
-    return config
+    return smoke.shrink(config) if smoke_run else config

@@ -12,19 +12,20 @@ Outcomes-a.txt; `--config.data.train_sets=a,b` trains on sets A and B, `--config
 tests on the whole of set C rather than on a held-out part of the training sets).
 """
 
+from configs import smoke
+from medjax import models
 from medjax.settings import defaults
 
 
-def get_config():
+def get_config(arg: str = ""):
+    _, smoke_run = smoke.split(arg, "configs/ehr_rnn.py")
     config = defaults.get_config()
     config.task = "ehr"
     config.data.name = "synthetic_ehr"
     config.data.num_train = 4000
     config.data.num_val = 1000
     config.data.num_test = 2000
-    config.model.name = "gru_d"
-    config.model.hidden_size = 64
-    config.model.dropout_rate = 0.2
+    config.model = models.settings("gru_d", hidden_size=64, dropout_rate=0.2)
     config.trainer.num_train_steps = 1000
     config.trainer.batch_size = 64
     config.trainer.eval_batch_size = 512
@@ -32,4 +33,4 @@ def get_config():
     config.trainer.checkpoint_every_steps = 200
     config.optimizer.learning_rate = 1e-3
     config.optimizer.weight_decay = 1e-4
-    return config
+    return smoke.shrink(config) if smoke_run else config

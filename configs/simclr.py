@@ -14,16 +14,18 @@ labels for 20 epochs its ResNet reached test AUC 0.889 (mean of seeds 0, 1, 2; 0
 scratch), 2026-12-05 (experiments/label_efficiency/README.md, which measures what it buys).
 """
 
-from configs import medmnist
+from configs import medmnist, smoke
 from medjax.data import medmnist as medmnist_data
 
 EPOCHS = 100  # over the training images, two views each
 
 
-def get_config(name: str = ""):
+def get_config(arg: str = ""):
+    name, smoke_run = smoke.split(arg, "configs/simclr.py", takes_argument=True)
     config = medmnist.get_config(name)
     info = medmnist_data.INFO[medmnist_data.parse_name(name)[0]]
     config.task = "contrastive"
+    config.model.projection_head = True  # SimCLR's: a hidden ReLU layer before the outputs
     config.trainer.update(ensemble_size=1, selection_metric="loss", selection_mode="min")
     config.trainer.batch_size = 64 if info.is_3d else 128
     steps_per_epoch = -(-info.num_train // config.trainer.get_ref("batch_size"))
@@ -35,4 +37,4 @@ def get_config(name: str = ""):
         intensity_shift=20.0, intensity_scale=0.3,
     )  # fmt: skip
     config.optimizer.update(learning_rate=1e-3, weight_decay=1e-6)
-    return config
+    return smoke.shrink(config) if smoke_run else config

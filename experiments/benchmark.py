@@ -47,7 +47,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
-from medjax.models import cnn, conv, conv_vae, rnn  # noqa: E402
+from medjax import models  # noqa: E402
+from medjax.models import conv  # noqa: E402
 
 TORCH_BENCH = os.path.join(os.path.dirname(REPO), "shared", "peers", "torch_bench.py")
 RESULTS = os.path.join(REPO, "experiments", "results")
@@ -97,21 +98,21 @@ def canonical(name: str):
     b = BATCH[name]
     labels = rng.integers(0, 2, b)
     if name == "resnet18_2d":
-        model = cnn.create_model("resnet18", num_classes=2, small_input=True)
+        model = models.create("resnet18", num_classes=2, small_input=True)
         batch = {"image": rng.normal(size=(b, 28, 28, 1)), "label": labels}
         return model, batch, lambda x: x["image"], _cross_entropy
     if name == "cnn3d_small":
         batch = {"image": rng.normal(size=(b, 28, 28, 28, 1)), "label": labels}
         return CNN3DSmall(), batch, lambda x: x["image"], _cross_entropy
     if name == "gru_ehr":
-        model = rnn.create_model("gru", hidden_size=GRU_HIDDEN, num_outputs=1)
+        model = models.create("gru", hidden_size=GRU_HIDDEN, num_classes=1)
         shape = (b, GRU_STEPS, GRU_FEATURES // 3)
         batch = {k: rng.normal(size=shape) for k in ("values", "mask", "delta")}
         batch["delta"] = np.abs(batch["delta"])  # hours since the last observation
         batch |= {"lengths": rng.integers(1, GRU_STEPS + 1, b), "static": np.zeros((b, 0))}
         return model, batch | {"label": labels.astype(float)}, lambda x: x, _binary_cross_entropy
     if name == "conv_vae":
-        model = conv_vae.create_model("conv_vae", latent_size=32, widths=(32, 64))
+        model = models.create("conv_vae", latent_size=32, widths=(32, 64))
         batch = {"image": rng.random((b, 28, 28, 1)).round()}
         return model, batch, lambda x: x["image"], _vae_loss
     raise ValueError(f"unknown model {name!r}; valid names: {', '.join(BATCH)}")

@@ -58,30 +58,14 @@ if "_pytest" not in sys.modules:  # imported by a script the tests run (tests/pa
 import ml_collections  # noqa: E402
 import pytest  # noqa: E402
 
+from configs.smoke import shrink  # noqa: E402
+
 
 def pytest_configure(config):
     """Sets up TensorFlow and JAX where the tests run: not in xdist's controller, which would
     spend seconds importing them before it starts the workers."""
     if not getattr(config.option, "numprocesses", None) or hasattr(config, "workerinput"):
         _set_up_tensorflow_and_jax()
-
-
-def shrink(config, *, image_shape=(32, 32), steps=6):
-    """Makes `config` tiny: a few steps on a few synthetic patients."""
-    data, trainer = config.data, config.trainer
-    data.image_shape = image_shape
-    data.num_train, data.num_val, data.num_test = 96, 40, 48
-    trainer.num_train_steps = steps
-    trainer.batch_size = 16
-    trainer.eval_batch_size = 32  # 40 and 48 examples: the last batch is padded
-    trainer.log_every_steps = 2
-    trainer.eval_every_steps = 3
-    trainer.checkpoint_every_steps = 3
-    config.optimizer.warmup_steps = 1
-    config.model.width = 0.125
-    config.model.hidden_size = 16
-    config.explain.num_examples = 0  # tests that need explanations ask for them
-    return config
 
 
 PROCESS_FIXTURES = {"tiny_ct_cnn_command", "host_devices_env"}  # tests that start processes
@@ -211,24 +195,13 @@ def tiny_ensemble(finished_tiny_run, tmp_path):
 
 @pytest.fixture(scope="session")
 def tiny_ct_cnn_command():
-    """tiny_ct_cnn_command(changes): `python -m medjax.main` on a tiny configs/ct_cnn.py, as
-    shrink() makes it, with {key: value} config changes."""
+    """tiny_ct_cnn_command(changes): `python -m medjax.main` on configs/ct_cnn.py:smoke, logging
+    every step, with {key: value} config changes."""
 
     def command(changes):
-        keys = {
-            "data.image_shape": "(32,32)",
-            "data.num_train": 96,
-            "data.num_val": 40,
-            "data.num_test": 48,
-            "model.width": 0.125,
-            "trainer.batch_size": 16,
-            "trainer.eval_batch_size": 32,
-            "trainer.log_every_steps": 1,
-            "optimizer.warmup_steps": 1,
-            "explain.num_examples": 0,
-        } | changes
+        keys = {"trainer.log_every_steps": 1} | changes
         flags = [f"--config.{key}={value}" for key, value in keys.items()]
-        return [sys.executable, "-m", "medjax.main", "--config=configs/ct_cnn.py", *flags]
+        return [sys.executable, "-m", "medjax.main", "--config=configs/ct_cnn.py:smoke", *flags]
 
     return command
 

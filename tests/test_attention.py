@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from test_rnn import KEY, make_batch
 
+from medjax import models
 from medjax.errors import ConfigError
 from medjax.models.attention import MTANClassifier, MultiTimeAttention
 from medjax.tasks import build_task
@@ -124,12 +125,13 @@ def test_padded_and_unobserved_entries_change_nothing(classifier):
 
 def test_mtan_options_go_with_mtan(tiny):
     config = tiny("ehr_rnn")
-    config.model.name, config.loss.per_step_weight = "mtan", 0.5
-    with pytest.raises(ConfigError, match="mtan predicts once per stay"):
+    config.model, config.loss.per_step_weight = models.settings("mtan"), 0.5
+    with pytest.raises(ConfigError, match="per-step outputs .* model mtan gives logits: set"):
         build_task(config)
     config = tiny("ehr_rnn")
-    config.model.observation_dropout = 0.3  # model gru_d
-    with pytest.raises(ConfigError, match="an option of mtan, not of gru_d: set --config.model"):
+    config.model.name = "mtan"  # with gru_d's keys
+    with pytest.raises(ConfigError, match="model.bidirectional is not a field of medjax.models"
+                       ".mtan's Model; its fields: hidden_size, num_reference"):  # fmt: skip
         build_task(config)
 
 

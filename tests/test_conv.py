@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from medjax import xla_cpu
+from medjax import models, xla_cpu
+from medjax.errors import ConfigError
 from medjax.models import cnn
 from medjax.models.conv import ACSConv, Conv, conv_general_dilated, depth_folded_conv
 
@@ -135,8 +136,8 @@ def test_acs_conv_equals_a_3d_conv_whose_kernel_is_zero_off_the_three_planes(fea
 def test_acs_resnet_has_2d_kernels_and_the_full_resnets_outputs_shape():
     x = _random((2, 8, 8, 8, 1), 7)
     kwargs = dict(num_classes=3, width=0.125, small_input=True)
-    acs = cnn.create_model("resnet18", conv3d="acs", **kwargs)
-    full = cnn.create_model("resnet18", **kwargs)
+    acs = models.create("resnet18", conv3d="acs", **kwargs)
+    full = models.create("resnet18", **kwargs)
 
     def kernel_shapes(model):
         params = model.init(jax.random.key(0), x, train=False)["params"]
@@ -150,10 +151,8 @@ def test_acs_resnet_has_2d_kernels_and_the_full_resnets_outputs_shape():
     assert {len(s) for n, s in acs_shapes.items() if "proj" not in n} == {4}
     variables = acs.init(jax.random.key(0), x, train=False)
     assert acs.apply(variables, x, train=False).shape == (2, 3)
-    with pytest.raises(ValueError, match="conv3d 'axial'"):
-        cnn.create_model("resnet18", conv3d="axial", **kwargs).init(
-            jax.random.key(0), x, train=False
-        )
+    with pytest.raises(ConfigError, match="model.conv3d='axial' must be one of 'full', 'acs'"):
+        models.create("resnet18", conv3d="axial", **kwargs)
 
 
 def test_leave_convolutions_to_eigen_sets_the_flag_on_jaxlib_0_10_only(monkeypatch):

@@ -7,8 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from medjax import explain
-from medjax.models import cnn, rnn
+from medjax import explain, models
 
 
 def _init(model, key, *, volumes=False):
@@ -20,7 +19,7 @@ def _init(model, key, *, volumes=False):
 
 
 def _resnet(num_classes=2):
-    return cnn.create_model("resnet10", num_classes=num_classes, width=0.125, small_input=True)
+    return models.create("resnet10", num_classes=num_classes, width=0.125, small_input=True)
 
 
 class TestClosedForms:
@@ -81,7 +80,7 @@ def test_series_integrated_gradients_are_complete_and_zero_on_padding(cell):
         "static": rng.normal(size=(b, 2)).astype(np.float32),
     }
     batch["values"][2, 3:] = np.nan  # padding may hold anything
-    model = rnn.create_model(cell, hidden_size=8)
+    model = models.create(cell, hidden_size=8)
     variables = jax.jit(model.init, static_argnames="train")(jax.random.key(0), batch, train=False)
 
     def score(inputs):

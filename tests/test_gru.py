@@ -1,4 +1,4 @@
-"""Tests for medjax.models.gru: the written-out GRU against flax's own nn.RNN(nn.GRUCell)."""
+"""Tests for medjax.models.fused_gru: the written-out GRU against flax's own nn.RNN(nn.GRUCell)."""
 
 import flax.linen as nn
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from medjax.models.gru import GRU
+from medjax.models.fused_gru import GRU
 
 B, T, F, H = 4, 7, 5, 6  # batch, steps, input features, hidden units
 LENGTHS = jnp.asarray([7, 3, 1, 5])

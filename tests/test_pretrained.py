@@ -10,9 +10,8 @@ import pytest
 from flax import traverse_util
 from test_medmnist import tiny_medmnist, write_npz
 
-from medjax import optim, parallel, pretrained, train
+from medjax import models, optim, parallel, pretrained, train
 from medjax.errors import ConfigError
-from medjax.models import cnn
 from medjax.settings import defaults
 from medjax.tasks import build_task
 from medjax.train import loop
@@ -212,7 +211,7 @@ def test_torchvision_weights_give_torchvisions_outputs(tmp_path, suffix):
         save_file(state_dict, path)
     init = defaults.get_config().init
     init.from_file = path
-    model = cnn.create_model("resnet18", num_classes=10, small_input=False)
+    model = models.create("resnet18", num_classes=10, small_input=False)
     images = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
     fresh = model.init(jax.random.key(0), images, train=False)
     variables, summary = pretrained.load(dict(fresh), *pretrained.source_of(init))
@@ -224,7 +223,7 @@ def test_torchvision_weights_give_torchvisions_outputs(tmp_path, suffix):
 
 def test_rgb_stem_loads_into_a_grayscale_model_summed_over_colours():
     state_dict = torchvision_resnet18_state_dict()
-    model = cnn.create_model("resnet18", num_classes=10, small_input=False)
+    model = models.create("resnet18", num_classes=10, small_input=False)
     fresh = model.init(jax.random.key(0), np.zeros((1, 32, 32, 1)), train=False)
     variables, summary = pretrained.load(
         dict(fresh), pretrained.torchvision_resnet(state_dict), "weights"
@@ -236,7 +235,7 @@ def test_rgb_stem_loads_into_a_grayscale_model_summed_over_colours():
 
 def test_every_torchvision_resnet18_tensor_loads_into_an_acs_resnet18():
     state_dict = torchvision_resnet18_state_dict()
-    model = cnn.create_model("resnet18", num_classes=10, small_input=False, conv3d="acs")
+    model = models.create("resnet18", num_classes=10, small_input=False, conv3d="acs")
     fresh = model.init(jax.random.key(0), np.zeros((1, 16, 16, 16, 1)), train=False)
     converted = pretrained.torchvision_resnet(state_dict)
     variables, summary = pretrained.load(dict(fresh), converted, "weights")

@@ -14,7 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from medjax.models.rnn import GRUDCell, RNNClassifier, create_model
+from medjax import models
+from medjax.errors import ConfigError
+from medjax.models.rnn import GRUDCell
+
+create_model = models.create
 
 KEY = jax.random.key(0, impl="unsafe_rbg")
 B, T, V, S, H = 3, 6, 4, 2, 5
@@ -68,7 +72,7 @@ def case(cell, pooling="last", bidirectional=False, num_layers=1, input_mean=Non
         num_layers=num_layers,
         bidirectional=bidirectional,
         pooling=pooling,
-        num_outputs=2,
+        num_classes=2,
         dropout_rate=0.5,
         input_mean=input_mean,
     )
@@ -385,7 +389,7 @@ def test_shapes_and_dtypes(cell, pooling, num_layers, bidirectional, num_static,
         num_layers=num_layers,
         bidirectional=bidirectional,
         pooling=pooling,
-        num_outputs=3,
+        num_classes=3,
         dtype=dtype,
     )
     batch = make_batch(num_static=num_static)
@@ -428,15 +432,13 @@ def test_dropout_only_in_training():
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "kwargs, error, message",
     [
-        ({"name": "transformer"}, "unknown model 'transformer'; valid names: gru, lstm, gru_d"),
-        ({"name": "gru", "pooling": "max"}, "unknown pooling 'max'; valid values: last, mean, a"),
-        ({"name": "gru_d", "bidirectional": True}, "bidirectional is not supported for gru_d"),
+        ({"name": "transformer"}, ConfigError, "'transformer' is not a model.*gru, gru_d"),
+        ({"name": "gru", "pooling": "max"}, ConfigError, "model.pooling='max' must be one of"),
+        ({"name": "gru_d", "bidirectional": True}, ValueError, "bidirectional is not supported"),
     ],
 )
-def test_bad_names_raise(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_names_raise(kwargs, error, message):
+    with pytest.raises(error, match=message):
         create_model(**kwargs)
-    with pytest.raises(ValueError, match="unknown cell 'rnn'; valid values: gru, lstm, gru_d"):
-        RNNClassifier(cell="rnn")

@@ -17,8 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from medjax import losses, optim, privacy
-from medjax.models import cnn
+from medjax import losses, models, optim, privacy
 from medjax.settings import defaults
 from medjax.tasks.task import Task
 from medjax.train import steps
@@ -31,7 +30,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    model = cnn.create_model("resnet18", num_classes=2, width=1.0, norm="group", small_input=True)
+    model = models.create("resnet18", num_classes=2, width=1.0, norm="group", small_input=True)
     batch_size = FLAGS.batch_size
     rng = np.random.default_rng(0)
     batch = {

@@ -21,13 +21,14 @@ than ~87 below it (e^-87 underflows in float32) reads as unobserved.
 """
 
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from medjax.models.gru import GRU
+from medjax.models.fused_gru import GRU
+from medjax.settings import rules
 
 
 class TimeEmbedding(nn.Module):
@@ -80,12 +81,12 @@ class MultiTimeAttention(nn.Module):
 
 
 class MTANClassifier(nn.Module):
-    """mTAN encoder, bidirectional GRU and linear head; returns {"logits": [B, num_outputs]}.
+    """mTAN encoder, bidirectional GRU and linear head; returns {"logits": [B, num_classes]}.
 
     Attributes:
       hidden_size: units of the input projection and of each GRU direction.
       num_reference, num_heads, time_features: see MultiTimeAttention.
-      num_outputs: number of logits.
+      num_classes: number of logits.
       dropout_rate: dropout before the head.
       observation_dropout: in training, the share of observed entries hidden from the model
         (drawn from the "dropout" rng): an augmentation that samples sparser stays.
@@ -96,10 +97,19 @@ class MTANClassifier(nn.Module):
     num_reference: int = 48
     num_heads: int = 1
     time_features: int = 32
-    num_outputs: int = 1
+    num_classes: int = 1
     dropout_rate: float = 0.0
     observation_dropout: float = 0.0
     dtype: Any = jnp.float32
+
+    RULES: ClassVar[dict] = {
+        "hidden_size": rules.POSITIVE_INT,
+        "num_reference": rules.POSITIVE_INT,
+        "num_heads": rules.POSITIVE_INT,
+        "time_features": rules.POSITIVE_INT,
+        "dropout_rate": rules.PROBABILITY_BELOW_1,
+        "observation_dropout": rules.PROBABILITY_BELOW_1,
+    }
 
     @nn.compact
     def __call__(self, batch: dict, *, train: bool) -> dict:
@@ -128,5 +138,5 @@ class MTANClassifier(nn.Module):
         pooled = jnp.concatenate([h[:, -1, : self.hidden_size], h[:, 0, self.hidden_size :]], -1)
         pooled = nn.Dropout(self.dropout_rate, deterministic=not train)(pooled)
         static = batch["static"].astype(pooled.dtype)
-        logits = dense(self.num_outputs, name="head")(jnp.concatenate([pooled, static], -1))
+        logits = dense(self.num_classes, name="head")(jnp.concatenate([pooled, static], -1))
         return {"logits": logits.astype(jnp.float32)}

@@ -6,18 +6,19 @@ has that many dimensions. Layout, padding and initialisation follow torchvision'
 the stride of a bottleneck sits on its 3x3 convolution), so at width 1 with the standard stem
 the parameter counts match torchvision's (resnet18: 11,689,512; resnet50: 25,557,032).
 
-Pick a model by name with `create_model("resnet18", num_classes=2, ...)`.
+The models resnet10, resnet18, resnet34 and resnet50 (medjax/models/resnet*.py) set its stage
+sizes and block.
 """
 
-import functools
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from medjax.models.conv import ACSConv, Conv
+from medjax.settings import rules
 
 NORMS = ("batch", "group")
 CONVS_3D = ("full", "acs")
@@ -122,9 +123,10 @@ class BottleneckBlock(nn.Module):
 class ResNet(nn.Module):
     """ResNet classifier; returns float32 logits [B, num_classes].
 
+    Class attributes, set by each model: `stage_sizes`, blocks per stage (stage i > 0 starts
+    with a stride-2 block); `block`, `BasicBlock` or `BottleneckBlock`.
+
     Attributes:
-      stage_sizes: blocks per stage; stage i > 0 starts with a stride-2 block.
-      block: `BasicBlock` or `BottleneckBlock`.
       num_classes: number of output logits.
       width: multiplier on the base widths 64, 128, 256, 512 (at least 1 channel each).
       norm: "batch" or "group" (group norm keeps no `batch_stats` collection).
@@ -140,8 +142,8 @@ class ResNet(nn.Module):
         before the head: SimCLR's projection head (Chen et al., 2020).
     """
 
-    stage_sizes: Sequence[int]
-    block: type
+    stage_sizes: ClassVar[Sequence[int]]
+    block: ClassVar[type]
     num_classes: int
     width: float = 1.0
     norm: str = "batch"
@@ -152,12 +154,12 @@ class ResNet(nn.Module):
     conv3d: str = "full"
     projection_head: bool = False
 
-    def __post_init__(self):
-        if self.norm not in NORMS:
-            raise ValueError(f"unknown norm {self.norm!r}; valid values: {', '.join(NORMS)}")
-        if self.conv3d not in CONVS_3D:
-            raise ValueError(f"unknown conv3d {self.conv3d!r}; valid values: {', '.join(CONVS_3D)}")
-        super().__post_init__()
+    RULES: ClassVar[dict] = {
+        "width": rules.number(above=0),
+        "norm": rules.one_of(*NORMS),
+        "dropout_rate": rules.PROBABILITY_BELOW_1,
+        "conv3d": rules.one_of(*CONVS_3D),
+    }
 
     @nn.compact
     def __call__(self, x, *, train: bool):
@@ -195,18 +197,3 @@ class ResNet(nn.Module):
             x = nn.relu(dense(x))
         x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)
         return x.astype(jnp.float32)
-
-
-MODELS = {
-    "resnet10": functools.partial(ResNet, stage_sizes=(1, 1, 1, 1), block=BasicBlock),
-    "resnet18": functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block=BasicBlock),
-    "resnet34": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=BasicBlock),
-    "resnet50": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=BottleneckBlock),
-}
-
-
-def create_model(name: str, **kwargs) -> ResNet:
-    """Build the ResNet called `name` (a key of `MODELS`); kwargs go to `ResNet`."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
-    return MODELS[name](**kwargs)

@@ -32,7 +32,7 @@ Pick a model by name with `create_model("conv_vae", latent_size=32, ...)`.
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -40,6 +40,7 @@ import jax.numpy as jnp
 
 from medjax import losses
 from medjax.models.conv import Conv
+from medjax.settings import rules
 
 LIKELIHOODS = ("bernoulli", "gaussian_fixed", "gaussian_learned")
 PRIORS = ("normal", "mixture", "vamp")
@@ -180,28 +181,22 @@ class ConvVAE(nn.Module):
     prior_components: int = 16
     dtype: Any = jnp.float32
 
+    RULES: ClassVar[dict] = {
+        "latent_size": rules.POSITIVE_INT,
+        "widths": rules.shape(rules.POSITIVE_INT),
+        "likelihood": rules.one_of(*LIKELIHOODS),
+        "observation_std": rules.number(above=0),
+        "eval_samples": rules.POSITIVE_INT,
+        "decoder_blocks": rules.COUNT,
+        "prior": rules.one_of(*PRIORS),
+        "prior_components": rules.POSITIVE_INT,
+    }
+
     def __post_init__(self):
-        if self.likelihood not in LIKELIHOODS:
-            raise ValueError(
-                f"unknown likelihood {self.likelihood!r}; valid values: {', '.join(LIKELIHOODS)}"
-            )
-        if not self.widths:
-            raise ValueError("ConvVAE: widths is empty; give at least one encoder width.")
-        if self.observation_std <= 0:
-            raise ValueError(f"ConvVAE: observation_std={self.observation_std}, expected > 0.")
         if self.pixel_std and self.likelihood != "gaussian_learned":
             raise ValueError(
                 f"ConvVAE: pixel_std learns the Gaussian's std, but the likelihood is"
                 f" {self.likelihood!r}; set likelihood to gaussian_learned or pixel_std to False."
-            )
-        if self.prior not in PRIORS:
-            raise ValueError(f"unknown prior {self.prior!r}; valid values: {', '.join(PRIORS)}")
-        if self.decoder_blocks < 0:
-            raise ValueError(f"ConvVAE: decoder_blocks={self.decoder_blocks}, expected >= 0.")
-        if self.prior_components < 1:
-            raise ValueError(
-                f"ConvVAE: prior_components={self.prior_components}, expected >= 1 (the"
-                " mixture's components)."
             )
         super().__post_init__()
 
@@ -340,11 +335,4 @@ class ConvVAE(nn.Module):
             )
 
 
-MODELS = {"conv_vae": ConvVAE}
-
-
-def create_model(name: str, **kwargs) -> ConvVAE:
-    """Build the VAE called `name` (a key of `MODELS`); kwargs go to `ConvVAE`."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
-    return MODELS[name](**kwargs)
+Model = ConvVAE

@@ -8,27 +8,27 @@ the gates: on PhysioNet 2012 log1p raised the GRU's test AUROC from 0.746 to 0.7
 splits); GRU-D (same paper) reads the raw values (0 where missing) and decays both its input
 towards the empirical mean and its hidden state with the hours since the last observation.
 Every recurrence runs in `jax.lax.scan` through `nn.RNN` (GRU layers through its subclass
-`medjax.models.gru.GRU`, which writes out the GRU's training step on CPU).
+`medjax.models.fused_gru.GRU`, which writes out the GRU's training step on CPU).
 
 Padded steps (t >= length) are zeroed before the first layer. `nn.RNN(seq_lengths=...)` runs
 the cells through them too (it does not hold the carry), but they come after every valid step in
 both directions (the backward one reverses each sequence within its length), and pooling reads
 valid steps only: logits and gradients do not depend on what the padding holds (NaN included).
 
-Pick a model by name with `create_model("gru_d", hidden_size=64, ...)`.
+The models gru, lstm and gru_d (medjax/models/gru.py, lstm.py, gru_d.py) set its cell.
 """
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from medjax.models.gru import GRU
+from medjax.models.fused_gru import GRU
+from medjax.settings import rules
 
-CELLS = ("gru", "lstm", "gru_d")
 POOLINGS = ("last", "mean", "attention")
 
 
@@ -104,41 +104,44 @@ class GRUDCell(nn.RNNCellBase):
 class RNNClassifier(nn.Module):
     """Stacked recurrent classifier over [B, T, V] series plus [B, S] static features.
 
-    Returns {"logits": [B, num_outputs], "step_logits": [B, T, num_outputs]}, both float32.
+    Returns {"logits": [B, num_classes], "step_logits": [B, T, num_classes]}, both float32.
     `step_logits` applies the same head to every step's hidden state (and the static features),
     for a per-step loss; its values at padded steps are arbitrary.
 
+    Class attribute, set by each model: `cell`, "gru", "lstm" or "gru_d" (GRU-D is the first
+    layer; layers above it are GRUs).
+
     Attributes:
-      cell: "gru", "lstm" or "gru_d" (GRU-D is the first layer; layers above it are GRUs).
       hidden_size: units per direction and layer.
       num_layers: stacked recurrent layers.
       bidirectional: add a backward direction over each sequence's valid steps (not gru_d).
       pooling: "last" valid step (for the backward direction its state after the whole
         sequence, at step 0), "mean" over valid steps, or "attention" (additive attention,
         softmax over valid steps).
-      num_outputs: number of logits.
+      num_classes: number of logits.
       dropout_rate: dropout after every layer, so between layers and before the head.
       input_mean: GRU-D's empirical mean per variable [V] (None: zeros); unused by gru/lstm.
       dtype: compute dtype; parameters and the recurrent state stay float32.
     """
 
-    cell: str
+    cell: ClassVar[str]
     hidden_size: int = 64
     num_layers: int = 1
     bidirectional: bool = False
     pooling: str = "last"
-    num_outputs: int = 1
+    num_classes: int = 1
     dropout_rate: float = 0.0
     input_mean: Sequence[float] | None = None
     dtype: Any = jnp.float32
 
+    RULES: ClassVar[dict] = {
+        "hidden_size": rules.POSITIVE_INT,
+        "num_layers": rules.POSITIVE_INT,
+        "pooling": rules.one_of(*POOLINGS),
+        "dropout_rate": rules.PROBABILITY_BELOW_1,
+    }
+
     def __post_init__(self):
-        if self.cell not in CELLS:
-            raise ValueError(f"unknown cell {self.cell!r}; valid values: {', '.join(CELLS)}")
-        if self.pooling not in POOLINGS:
-            raise ValueError(
-                f"unknown pooling {self.pooling!r}; valid values: {', '.join(POOLINGS)}"
-            )
         if self.bidirectional and self.cell == "gru_d":
             raise ValueError("bidirectional is not supported for gru_d; use gru or lstm")
         super().__post_init__()
@@ -191,7 +194,7 @@ class RNNClassifier(nn.Module):
             weights = jax.nn.softmax(jnp.where(valid, score, -jnp.inf), axis=-1)
             pooled = jnp.einsum("bt,btd->bd", weights, h.astype(jnp.float32))
 
-        head = nn.Dense(self.num_outputs, dtype=self.dtype, param_dtype=jnp.float32, name="head")
+        head = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="head")
         step_static = jnp.broadcast_to(static[:, None], (*h.shape[:2], static.shape[-1]))
         logits = head(jnp.concatenate([pooled, static.astype(pooled.dtype)], axis=-1))
         step_logits = head(jnp.concatenate([h, step_static.astype(h.dtype)], axis=-1))
@@ -199,13 +202,3 @@ class RNNClassifier(nn.Module):
             "logits": logits.astype(jnp.float32),
             "step_logits": step_logits.astype(jnp.float32),
         }
-
-
-MODELS = {name: functools.partial(RNNClassifier, cell=name) for name in CELLS}
-
-
-def create_model(name: str, **kwargs) -> RNNClassifier:
-    """Build the recurrent classifier called `name` (a key of `MODELS`); kwargs go to the class."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
-    return MODELS[name](**kwargs)

@@ -1,4 +1,5 @@
-"""Every config key, with its default. Experiment configs override these; none adds keys.
+"""Every config key, with its default. Experiment configs override these and add none;
+the `model` section holds the keys of the chosen model (medjax.models.settings).
 
 A key added to medjax takes a default that keeps the behaviour from before it: a run written
 before the key existed is resumed, ensembled and predicted with as if it had the default.
@@ -7,6 +8,8 @@ Not run on its own: see configs/ct_cnn.py.
 """
 
 import ml_collections
+
+from medjax import models
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -47,32 +50,9 @@ def get_config() -> ml_collections.ConfigDict:
     opt.end_learning_rate_factor = 0.0  # final learning rate / peak
     opt.grad_clip_norm = 1.0  # clip by global norm; 0: no clipping
 
-    config.model = model = ml_collections.ConfigDict()
-    model.name = "resnet18"  # medjax.models.cnn.MODELS or, for ehr, medjax.tasks.ehr.MODELS
-    model.dropout_rate = 0.0  # before the classifier (and between recurrent layers)
-    model.width = 1.0  # cnn: channel multiplier on 64/128/256/512
-    model.norm = "batch"  # cnn: batch or group
-    model.small_input = True  # cnn: 3x3 stride-1 stem, no max-pool (MedMNIST's ResNet (28))
-    model.conv3d = "full"  # cnn on volumes: full (k^3 kernels) or acs (2D kernels over 3 planes)
-    model.projection_size = 128  # contrastive: embedding size after SimCLR's projection head
-    model.hidden_size = 64  # rnn: units per direction and layer
-    model.num_layers = 1  # rnn: stacked layers
-    model.bidirectional = False  # rnn: gru and lstm only
-    model.pooling = "last"  # rnn: last (valid step), mean or attention
-    model.num_reference = 48  # mtan: reference times of the time attention
-    model.num_heads = 1  # mtan: attention heads
-    model.time_features = 32  # mtan: size of the learned time embedding
-    model.observation_dropout = 0.0  # mtan: share of observations hidden in each training step
-    model.latent_size = 32  # vae
-    model.vae_widths = (32, 64)  # vae: encoder widths, one stride-2 stage each
-    model.likelihood = "bernoulli"  # vae: bernoulli, gaussian_fixed or gaussian_learned
-    model.eval_samples = 16  # vae: importance samples for iw_nll in evaluation
-    model.vae_decoder_blocks = 0  # vae: residual blocks at each decoder scale below the output's
-    model.pixel_std = False  # vae, gaussian_learned: one learned std per pixel, not one scalar
-    # vae: p(z): normal (N(0, I)), mixture (M learned Gaussians) or vamp (the VampPrior: the
-    # posteriors of M learned pseudo-inputs), M = prior_components
-    model.prior = "normal"
-    model.prior_components = 16
+    # The model: `name` imports medjax.models.<name>; the other keys are its Model's fields
+    # (medjax/models/__init__.py), each config setting those of its model with models.settings.
+    config.model = models.settings("resnet18", small_input=True)
 
     # Where training starts: fresh weights, or those of another run or file (medjax/pretrained.py).
     config.init = init = ml_collections.ConfigDict()
@@ -89,6 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
     loss.positive_weight = 1.0  # ehr: weight of the positive term of the sigmoid loss
     loss.per_step_weight = 0.0  # ehr: weight of an extra loss on every valid step's prediction
     loss.temperature = 0.1  # contrastive: NT-Xent temperature of the cosine similarities
+    loss.projection_size = 128  # contrastive: outputs of the model, where NT-Xent compares views
     loss.beta = 1.0  # vae: weight of the KL term
     loss.kl_warmup_steps = 0  # vae: the KL weight rises linearly from 0 over these steps
 

@@ -2,7 +2,7 @@
 touches its workdir (`check`, called by medjax's entry points), so a bad value stops it with
 one line that gives the valid range. Rules that tie keys together (warm-up shorter than
 training, a batch that divides over the devices, a metric the task computes) are checked where
-they are used.
+they are used; the `model.*` keys are checked by their model's own `RULES` (medjax.models).
 """
 
 import math
@@ -85,31 +85,13 @@ CONSTRAINTS = {
     "optimizer.warmup_steps": COUNT,
     "optimizer.end_learning_rate_factor": number(0, 1),
     "optimizer.grad_clip_norm": NON_NEGATIVE,
-    "model.dropout_rate": PROBABILITY_BELOW_1,
-    "model.width": number(above=0),
-    "model.norm": one_of("batch", "group"),
-    "model.conv3d": one_of("full", "acs"),
-    "model.projection_size": POSITIVE_INT,
-    "model.hidden_size": POSITIVE_INT,
-    "model.num_layers": POSITIVE_INT,
-    "model.pooling": one_of("last", "mean", "attention"),
-    "model.num_reference": POSITIVE_INT,
-    "model.num_heads": POSITIVE_INT,
-    "model.time_features": POSITIVE_INT,
-    "model.observation_dropout": PROBABILITY_BELOW_1,
-    "model.latent_size": POSITIVE_INT,
-    "model.vae_widths": shape(POSITIVE_INT),
-    "model.likelihood": one_of("bernoulli", "gaussian_fixed", "gaussian_learned"),
-    "model.eval_samples": POSITIVE_INT,
-    "model.vae_decoder_blocks": COUNT,
-    "model.prior": one_of("normal", "mixture", "vamp"),
-    "model.prior_components": POSITIVE_INT,
     "loss.label_smoothing": PROBABILITY_BELOW_1,
     "loss.focal_gamma": NON_NEGATIVE,
     "loss.class_weights": each(NON_NEGATIVE),
     "loss.positive_weight": number(above=0),
     "loss.per_step_weight": NON_NEGATIVE,
     "loss.temperature": number(above=0),
+    "loss.projection_size": POSITIVE_INT,
     "loss.beta": NON_NEGATIVE,
     "loss.kl_warmup_steps": COUNT,
     "data.seed": COUNT,

@@ -8,10 +8,9 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from medjax import explain, losses, parallel
+from medjax import explain, losses, models, parallel
 from medjax.data import image_dataset
 from medjax.errors import ConfigError
-from medjax.models import cnn
 from medjax.stats import bootstrap
 from medjax.tasks import image_pipelines, scoring
 from medjax.tasks.task import Task, compute_dtype, concrete_as_numpy
@@ -87,31 +86,19 @@ def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict
 
 
 def _model(config: ml_collections.ConfigDict, num_classes: int):
-    try:
-        return cnn.create_model(
-            config.model.name,
-            num_classes=num_classes,
-            width=config.model.width,
-            norm=config.model.norm,
-            small_input=config.model.small_input,
-            dropout_rate=config.model.dropout_rate,
-            dtype=compute_dtype(config),
-            # Under pmap, batch norm pools its statistics over devices, as jit's global batch.
-            norm_axis_name=parallel.AXIS if config.parallel == "pmap" else None,
-            conv3d=config.model.conv3d,
-        )
-    except ValueError as e:
-        raise ConfigError(f"model: {e}") from None
+    return models.from_config(
+        config.model,
+        num_classes=num_classes,
+        dtype=compute_dtype(config),
+        # Under pmap, batch norm pools its statistics over devices, as jit's global batch.
+        norm_axis_name=parallel.AXIS if config.parallel == "pmap" else None,
+    )
 
 
 def _description(config: ml_collections.ConfigDict, dataset) -> str:
-    model, mixup = config.model, config.data.augment.mixup_alpha
-    details = [f"width {model.width}", f"{model.norm} norm"]
-    if len(dataset.image_shape) == 3 and model.conv3d == "acs":
-        details.append("ACS convolutions")
-    if mixup > 0:
-        details.append(f"mixup alpha {mixup:g}")
-    text = f"{dataset.description}; model {model.name} ({', '.join(details)})"
+    text = f"{dataset.description}; model {models.describe(config.model)}"
+    if config.data.augment.mixup_alpha > 0:
+        text += f"; mixup alpha {config.data.augment.mixup_alpha:g}"
     if config.evaluation.test_time_flips:
         text += "; test-time augmentation: the mean logits of each image and its mirror image"
     return text

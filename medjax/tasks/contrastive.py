@@ -2,7 +2,8 @@
 (Chen et al., ICML 2020).
 
 Each training image is seen as two augmented views (the config's `data.augment`); the ResNet,
-with a projection head (a hidden ReLU layer, then `model.projection_size` outputs), learns to
+with a projection head (configs/simclr.py's `model.projection_head`: a hidden ReLU layer, then
+`loss.projection_size` outputs), learns to
 tell each view's partner from the other views of the batch (`losses.nt_xent`). No label is
 read. Fine-tune with `--config.init.from_workdir=` this run: the backbone loads, the
 projection and head (another shape) are left out.
@@ -24,10 +25,9 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from medjax import losses
+from medjax import losses, models
 from medjax.data import image_dataset
 from medjax.errors import ConfigError
-from medjax.models import cnn
 from medjax.outputs import writers
 from medjax.tasks import image_pipelines
 from medjax.tasks.task import Task, compute_dtype, config_train_batches
@@ -53,19 +53,9 @@ def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict
             "data.augment.enabled=True"
         )
     dataset = image_dataset(config.data)
-    try:
-        model = cnn.create_model(
-            config.model.name,
-            num_classes=config.model.projection_size,
-            width=config.model.width,
-            norm=config.model.norm,
-            small_input=config.model.small_input,
-            dtype=compute_dtype(config),
-            conv3d=config.model.conv3d,
-            projection_head=True,
-        )
-    except ValueError as e:
-        raise ConfigError(f"model: {e}") from None
+    model = models.from_config(
+        config.model, num_classes=config.loss.projection_size, dtype=compute_dtype(config)
+    )
     temperature = config.loss.temperature
     if not temperature > 0:
         raise ConfigError(f"loss.temperature={temperature} must be positive")
@@ -87,9 +77,9 @@ def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict
         eval_batches=functools.partial(eval_batches, config, dataset),
         write_outputs=functools.partial(write_outputs, dataset=dataset),
         prediction_table=functools.partial(prediction_table, dataset=dataset),
-        description=f"{dataset.description}, without its labels; model {config.model.name} "
-        f"(width {config.model.width}, {config.model.norm} norm) with a projection head to "
-        f"{config.model.projection_size}, trained by SimCLR's contrastive loss (temperature "
+        description=f"{dataset.description}, without its labels; model "
+        f"{models.describe(config.model)} with {config.loss.projection_size} outputs, trained "
+        f"by SimCLR's contrastive loss (temperature "
         f"{temperature:g}) on two augmented views of each image",
         selection_metrics=("loss", "pair_accuracy"),
         split_sizes=lambda: image_pipelines.image_split_sizes(dataset),

@@ -8,10 +8,9 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from medjax import explain, losses
+from medjax import explain, losses, models
 from medjax.data import icu_series, physionet2012, pipeline
 from medjax.errors import ConfigError
-from medjax.models import attention, rnn
 from medjax.stats import metrics, subgroups
 from medjax.tasks import scoring
 from medjax.tasks.task import (
@@ -23,15 +22,13 @@ from medjax.tasks.task import (
 )
 
 INPUTS = ("values", "mask", "delta", "lengths", "static")
-MODELS = (*rnn.MODELS, "mtan")
 CLASS_NAMES = ("survived", "in-hospital death")
 
 
 def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict) -> Task:
     dataset = icu_series.load(config.data, fit_data)
-    model = _model(config)
     example = {k: v[:1] for k, v in dataset.splits["train"].items() if k in INPUTS}
-    model_config = config.model
+    model = _model(config, example)
     return Task(
         model=model,
         model_inputs=model_inputs,
@@ -51,7 +48,7 @@ def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict
         prediction_table=lambda split, gathered: scoring.prediction_table(
             gathered, dataset.splits[split]["ids"]
         ),
-        description=f"{dataset.description}; {_describe(model_config)}",
+        description=f"{dataset.description}; model {models.describe(config.model)}",
         selection_metrics=("auroc", "auprc", "min_se_ppv_oracle", "loss", "ece", "brier"),
         split_sizes=lambda: {split: len(a["labels"]) for split, a in dataset.splits.items()},
         data_fingerprint=lambda: fingerprint(
@@ -70,53 +67,18 @@ def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict
     )
 
 
-def _model(config: ml_collections.ConfigDict):
-    model_config = config.model
-    if model_config.name == "mtan":
-        if config.loss.per_step_weight:
+def _model(config: ml_collections.ConfigDict, example: dict):
+    model = models.from_config(config.model, num_classes=1, dtype=compute_dtype(config))
+    if config.loss.per_step_weight:
+        outputs = jax.eval_shape(
+            lambda x: model.init_with_output(jax.random.key(0), x, train=False)[0], example
+        )
+        if "step_logits" not in outputs:
             raise ConfigError(
-                "loss.per_step_weight needs a model with per-step outputs (gru, lstm, gru_d); "
-                "mtan predicts once per stay: set loss.per_step_weight=0"
+                f"loss.per_step_weight needs per-step outputs ('step_logits'); model "
+                f"{config.model.name} gives {', '.join(outputs)}: set loss.per_step_weight=0"
             )
-        return attention.MTANClassifier(
-            hidden_size=model_config.hidden_size,
-            num_reference=model_config.num_reference,
-            num_heads=model_config.num_heads,
-            time_features=model_config.time_features,
-            observation_dropout=model_config.observation_dropout,
-            dropout_rate=model_config.dropout_rate,
-            dtype=compute_dtype(config),
-        )
-    if model_config.name not in MODELS:
-        raise ConfigError(f"unknown model {model_config.name!r}; valid names: {', '.join(MODELS)}")
-    if model_config.observation_dropout:
-        raise ConfigError(
-            f"model.observation_dropout={model_config.observation_dropout} is an option of mtan, "
-            f"not of {model_config.name}: set --config.model.observation_dropout=0"
-        )
-    try:
-        return rnn.create_model(
-            model_config.name,
-            hidden_size=model_config.hidden_size,
-            num_layers=model_config.num_layers,
-            bidirectional=model_config.bidirectional,
-            pooling=model_config.pooling,
-            dropout_rate=model_config.dropout_rate,
-            dtype=compute_dtype(config),
-        )
-    except ValueError as e:
-        raise ConfigError(f"model: {e}") from None
-
-
-def _describe(model_config) -> str:
-    m = model_config
-    if m.name == "mtan":
-        return (
-            f"model mtan ({m.num_reference} reference times, {m.num_heads} head(s), time "
-            f"embedding {m.time_features}, GRU hidden {m.hidden_size}, observation dropout "
-            f"{m.observation_dropout:g})"
-        )
-    return f"model {m.name} (hidden {m.hidden_size}, {m.num_layers} layer(s), {m.pooling} pooling)"
+    return model
 
 
 def model_inputs(batch):

@@ -12,10 +12,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from medjax import losses
+from medjax import losses, models
 from medjax.data import image_dataset
 from medjax.errors import ConfigError
-from medjax.models import conv_vae
 from medjax.outputs import plots, writers
 from medjax.stats import bootstrap, metrics
 from medjax.tasks import image_pipelines
@@ -35,13 +34,13 @@ def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict
             "data.augment.mixup_alpha and evaluation.test_time_flips are for classifiers; "
             "set them to 0 and False for the vae task"
         )
-    model = _model(config)
+    model = models.from_config(config.model, channels=dataset.channels, dtype=compute_dtype(config))
     normal_only = config.data.normal_only
     train_batches, eval_batches = image_pipelines.image_pipelines(
         config, dataset, normal_only=normal_only
     )
     beta, warmup = config.loss.beta, config.loss.kl_warmup_steps
-    analytic_kl = config.model.prior == "normal"
+    analytic_kl = getattr(model, "prior", "normal") == "normal"
     example_image = np.zeros((1, *dataset.image_shape, dataset.channels), np.float32)
     return Task(
         model=model,
@@ -59,9 +58,7 @@ def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict
             write_outputs, model=model, dataset=dataset, eval_batches=eval_batches
         ),
         prediction_table=functools.partial(prediction_table, dataset=dataset),
-        description=f"{dataset.description}; model {config.model.name} (latent "
-        f"{config.model.latent_size}, widths {tuple(config.model.vae_widths)}, "
-        f"{config.model.likelihood} likelihood), trained on "
+        description=f"{dataset.description}; model {models.describe(config.model)}, trained on "
         f"{'normal examples only' if normal_only else 'all examples'}",
         selection_metrics=("nelbo", "iw_nll", "recon_error", "anomaly_auroc", "loss"),
         split_sizes=lambda: image_pipelines.image_split_sizes(dataset, normal_only=normal_only),
@@ -70,24 +67,6 @@ def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict
         scores_are_log_odds=False,
         rng_streams=("latent",),
     )
-
-
-def _model(config: ml_collections.ConfigDict):
-    try:
-        return conv_vae.create_model(
-            config.model.name,
-            latent_size=config.model.latent_size,
-            widths=tuple(config.model.vae_widths),
-            likelihood=config.model.likelihood,
-            eval_samples=config.model.eval_samples,
-            decoder_blocks=config.model.vae_decoder_blocks,
-            pixel_std=config.model.pixel_std,
-            prior=config.model.prior,
-            prior_components=config.model.prior_components,
-            dtype=compute_dtype(config),
-        )
-    except ValueError as e:
-        raise ConfigError(f"model: {e}") from None
 
 
 def loss(outputs, batch, step, *, beta, kl_warmup_steps, analytic_kl):

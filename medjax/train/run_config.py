@@ -7,6 +7,7 @@ import ml_collections
 from absl import logging
 from flax import traverse_util
 
+from medjax import models
 from medjax.errors import ConfigError
 from medjax.settings import defaults
 from medjax.tasks import Task
@@ -24,9 +25,17 @@ RESULT_NEUTRAL_KEYS = (
 )
 # What --mode=predict needs to match the training run's: the model (model.*), and the rules
 # that turn data into its inputs. The data itself (name, folder, splits) may differ.
-INPUT_RULE_KEYS = ("task", "dtype", "data.image_shape", "data.window_center",
-                   "data.window_width", "data.spacing", "data.ct_geometry", "data.hours",
-                   "data.step_hours", "data.imputation")  # fmt: skip
+INPUT_RULE_KEYS = ("task", "dtype", "loss.projection_size", "data.image_shape",
+                   "data.window_center", "data.window_width", "data.spacing", "data.ct_geometry",
+                   "data.hours", "data.step_hours", "data.imputation")  # fmt: skip
+
+
+# Keys that were renamed: their old names, as older checkpoints store them, and the new.
+RENAMED = {
+    "model.vae_widths": "model.widths",
+    "model.vae_decoder_blocks": "model.decoder_blocks",
+    "model.projection_size": "loss.projection_size",
+}
 
 
 def flat(config: ml_collections.ConfigDict) -> dict:
@@ -52,11 +61,27 @@ def fingerprint(config: ml_collections.ConfigDict, task: Task) -> dict:
 def config_changes(old: dict, new: dict, keep=lambda key: True) -> list[str]:
     """`key: old -> new` for each flattened key (that `keep` accepts) whose values differ. A
     key one config lacks (written before the key was added) counts as at its default, which
-    keeps the behaviour from before (medjax/settings/defaults.py)."""
-    default_values = flat(defaults.get_config())
-    old, new = ({k: values.get(k, default_values.get(k)) for k in old.keys() | new.keys()}
-                for values in (old, new))  # fmt: skip
-    return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(old) if keep(k) and old[k] != new[k]]
+    keeps the behaviour from before (medjax/settings/defaults.py; a model's keys at its Model's
+    defaults)."""
+    old, new = _as_of_now(old), _as_of_now(new)
+    return [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in sorted(old.keys() | new.keys())
+        if keep(k) and old.get(k) != new.get(k)
+    ]
+
+
+def _as_of_now(values: dict) -> dict:
+    """A flattened config (perhaps stored by an older medjax) with today's keys: renamed keys
+    under their new names, the keys it lacks at their defaults, and only its model's keys
+    (older configs held every model's in one section)."""
+    values = {RENAMED.get(k, k): v for k, v in values.items()}
+    name = values.get("model.name", defaults.get_config().model.name)
+    model_keys = {"model.name": name}
+    model_keys |= {f"model.{k}": v for k, v in models.config_keys(name).items()}
+    others = {k: v for k, v in flat(defaults.get_config()).items() if not k.startswith("model.")}
+    filled = others | model_keys | values
+    return {k: v for k, v in filled.items() if not k.startswith("model.") or k in model_keys}
 
 
 def is_model_or_input_key(key: str) -> bool:
