@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from medjax.errors import ConfigError
 from medjax.outputs import plots
 
 ScoreFn = Callable[[jax.Array], jax.Array]
@@ -110,6 +111,33 @@ def gradcam(
     return jax.image.resize(cam, x.shape[:-1], "linear") if upsample else cam
 
 
+def check_gradcam(model, variables: dict, x: jax.Array) -> None:
+    """Refuses, in one line, a model without Grad-CAM's part of the model contract
+    (medjax/models/__init__.py): it sows its last feature maps as intermediates/features and
+    adds the perturbations/features variable to them, so the score's gradient reaches them."""
+    module = type(model).__module__
+    state = jax.eval_shape(
+        lambda: model.apply(variables, x, train=False, mutable=["intermediates"])[1]
+    )
+    if "features" not in state.get("intermediates", {}):
+        raise ConfigError(
+            f"Grad-CAM needs the last feature maps, and {module} does not sow them: add "
+            "self.sow('intermediates', 'features', maps) to its Model (medjax/models/__init__.py)"
+        )
+    features = state["intermediates"]["features"][0]
+    grads = jax.grad(
+        lambda p: jnp.sum(
+            log_odds(model.apply({**variables, "perturbations": {"features": p}}, x, train=False))
+        )  # fmt: skip
+    )(jnp.zeros(features.shape, features.dtype))
+    if not jnp.any(grads != 0):
+        raise ConfigError(
+            f"Grad-CAM needs the score's gradient at the last feature maps, and {module} does "
+            "not read the perturbations/features variable: add it to the maps after the sow "
+            "(medjax/models/__init__.py)"
+        )
+
+
 def series_integrated_gradients(
     score_fn: Callable[[dict], jax.Array], batch: dict, *, num_steps: int
 ) -> jax.Array:
@@ -150,6 +178,7 @@ def write_image_explanations(
     """Writes `<method>_<suffix>.png` for each of `IMAGE_METHODS` (2D images [N, H, W, C]: one
     column per example; volumes [N, D, H, W, C]: a row of axial slices per example) and returns
     their paths. Gradient maps show |attribution| summed over channels; Grad-CAM its map."""
+    check_gradcam(model, variables, jnp.asarray(images[:1], jnp.float32))
 
     @jax.jit
     def explain(variables, images, key):

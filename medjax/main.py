@@ -95,6 +95,11 @@ def _parse_error(error: Exception, argv: list[str], path: str) -> str:
     if isinstance(error, (AttributeError, KeyError)):  # ml_collections: --config.NO_SUCH_KEY
         key = str(error).strip("\"'")
         flag = next((a for a in argv if a.startswith("--config.") and key in a), key)
+        if flag.startswith("--config.model."):
+            return (
+                f"unknown config key in {flag.split('=')[0]}: the config's model keys are those "
+                "of its model's fields (medjax/models/<model.name>.py); check the spelling"
+            )
         return (
             f"unknown config key '{key}' in {flag}; the keys are declared in "
             "medjax/settings/defaults.py (check the spelling)"
