@@ -2,7 +2,7 @@
 
   python -m medjax.main --config=configs/ct_cnn_dp.py --workdir=runs/ct_cnn_dp
 
-Measured once (seed 0, 2 CPU cores shared with another engineer's runs, 2026-12-03): test AUROC
+Measured once (seed 0, 2 CPU cores shared with other runs, 2026-12-03): test AUROC
 0.950 (accuracy 0.876) at epsilon 8.00 (privacy.json: 7.99999, delta 1.7e-5, noise multiplier
 0.604, sampling rate 64/6000, 800 steps), in 18.6 minutes of wall time (8.0 minutes of user CPU
 time; the shared cores made the wall time longer than an idle machine's). The same config with

@@ -3,11 +3,11 @@
   python -m medjax.main --config=configs/ct_vae.py --workdir=runs/vae
 
 Reached test nelbo -5010 nats per image (bits_per_dim -1.765) and anomaly_auroc 0.933
-(negative-ELBO score) in 113 s on 2 CPU cores shared with other jobs; its prior samples
-(plots/samples.png) are chest slices, its reconstructions keep the body and lung outlines but not
-the lungs' small contents. Before issue 20 (latent 32, widths (16, 32), prior N(0, I), learning
-rate 1e-3): -3922, -1.382 and 0.908 in 76 s, and samples of noise. Longer schedules fit better but
-lose anomaly AUROC; README.md (VAE) has the levers and the command of the old recipe. With the
+(negative-ELBO score) in 113 s on 2 CPU cores shared with other jobs, 2026-12-05; its prior
+samples (plots/samples.png) are chest slices, its reconstructions keep the body and lung outlines
+but not the lungs' small contents. A baseline (latent 32, widths (16, 32), prior N(0, I),
+learning rate 1e-3): -3922, -1.382 and 0.908 in 76 s, and samples of noise. Longer schedules fit
+better but lose anomaly AUROC; docs/vae.md has the levers and the baseline's command. With the
 Gaussian likelihood `nelbo` is a density in nats per image, so it can be negative: compare it only
 between runs of the same likelihood and window.
 """

@@ -11,7 +11,8 @@ checkpoint kept has the lowest validation contrastive loss. Augmentation is stro
 supervised training (the two views must differ), and the batch larger, for more negatives.
 BreastMNIST (100 epochs, seed 0) ended at validation pair accuracy 0.90; fine-tuned on all its
 labels for 20 epochs its ResNet reached test AUC 0.889 (mean of seeds 0, 1, 2; 0.861 from
-scratch), 2026-12-05 (experiments/label_efficiency/README.md, which measures what it buys).
+scratch), on 2 CPU cores shared with other work, 2026-12-05 (experiments/label_efficiency/README.md,
+which measures what it buys).
 """
 
 from configs import medmnist, smoke

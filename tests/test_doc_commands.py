@@ -25,7 +25,7 @@ def documented_python_commands():
 
 def test_every_documented_python_command_has_a_short_form():
     commands = list(documented_python_commands())
-    assert len(commands) > 20  # the README alone has more
+    assert len(commands) > 20  # the pages have more
     for _, args in commands:
         doc["short_form"](args)  # ValueError naming the program otherwise
 

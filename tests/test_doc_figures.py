@@ -1,6 +1,8 @@
-"""One source for each figure: a shipped config's result in the README's table is the one its
-docstring states (a docstring is where a config's result lives; the table copies it)."""
+"""One source for each figure: a shipped config's result in a table of the README or of docs/
+is the one its docstring states (a docstring is where a config's result lives; the tables copy
+it)."""
 
+import glob
 import importlib
 import os
 import re
@@ -8,12 +10,18 @@ import re
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAGES = ("README.md", *sorted(glob.glob("docs/*.md", root_dir=REPO)))
 
 
-def config_rows():
-    with open(os.path.join(REPO, "README.md")) as f:
-        text = f.read()
-    return re.findall(r"^\| `configs/(\w+)\.py(?::NAME)?` \|.*\| ([^|]*) \|$", text, flags=re.M)
+def config_rows(pages=PAGES):
+    """(config name, result) of each table row that starts with a config, on the pages."""
+    rows = []
+    for page in pages:
+        with open(os.path.join(REPO, page)) as f:
+            text = f.read()
+        row = r"^\| `configs/(\w+)\.py(?::NAME)?` \|.*\| ([^|]*) \|$"
+        rows += re.findall(row, text, flags=re.M)
+    return rows
 
 
 def figures(text):
@@ -26,12 +34,12 @@ def test_the_readme_lists_every_shipped_config():
         name[:-3] for name in os.listdir(os.path.join(REPO, "configs"))
         if name.endswith(".py") and name not in {"__init__.py", "default.py", "constraints.py"}
     }  # fmt: skip
-    assert {name for name, _ in config_rows()} == shipped
+    assert {name for name, _ in config_rows(("README.md",))} == shipped
 
 
 @pytest.mark.parametrize("name,result", config_rows())
-def test_the_readme_figures_are_the_config_docstrings(name, result):
+def test_the_tables_figures_are_the_config_docstrings(name, result):
     docstring = importlib.import_module(f"configs.{name}").__doc__
-    assert figures(result), f"configs/{name}.py's row in the README states no figure"
+    assert figures(result), f"configs/{name}.py's row in a table states no figure"
     missing = figures(result) - figures(docstring)
-    assert not missing, f"README's row for configs/{name}.py states {missing}, its docstring not"
+    assert not missing, f"a row for configs/{name}.py states {missing}, its docstring not"

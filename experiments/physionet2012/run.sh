@@ -3,15 +3,18 @@
 # wall time in $RUNS/times.txt:
 #   bash experiments/physionet2012/run.sh [DATA_DIR] [RUNS]
 # Protocol 1: train on set A (15% of it for validation), test on the whole of set B; 3 training
-# seeds of mtan (the recipe, configs/ehr_physionet.py) and of GRU-D, the mtan seeds' ensemble,
-# the paired comparison, and the tabular baselines. Protocol 2: 5-fold cross-validation by stay
-# over sets A and B together, the same models on the same folds.
+# seeds of mtan (the recipe, configs/ehr_physionet.py) and of GRU-D (its :gru_d variant), each
+# model's ensemble of its seeds, the paired comparisons, and the tabular baselines. Protocol 2:
+# 5-fold cross-validation by stay over sets A and B together, the same models on the same folds.
 set -euo pipefail
 DATA=${1:-../shared/data/physionet2012}
 RUNS=${2:-runs/p12}
 CONFIG=configs/ehr_physionet.py
-GRUD="--config.model.name=gru_d --config.model.observation_dropout=0"
 mkdir -p "$RUNS"
+
+config() {  # config MODEL: the config of mtan (the recipe) or of grud
+  if [[ $1 == grud ]]; then echo "$CONFIG:gru_d"; else echo "$CONFIG"; fi
+}
 
 timed() {  # timed NAME COMMAND...: runs it, appends "NAME seconds" to times.txt
   local name=$1 start=$SECONDS
@@ -22,20 +25,16 @@ timed() {  # timed NAME COMMAND...: runs it, appends "NAME seconds" to times.txt
 
 for seed in 0 1 2; do
   for model in mtan grud; do
-    overrides=()
-    [[ $model == grud ]] && overrides=($GRUD)
-    timed "p1_${model}_s$seed" python -m medjax.main --config=$CONFIG \
+    timed "p1_${model}_s$seed" python -m medjax.main --config="$(config $model)" \
       --workdir="$RUNS/p1_${model}_s$seed" --config.data.dir="$DATA" --config.data.test_set=b \
-      --config.seed=$seed "${overrides[@]}"
+      --config.seed=$seed
   done
 done
 for model in mtan grud; do
   members=$(echo "$RUNS"/p1_${model}_s{0,1,2} | tr ' ' ',')
-  overrides=()
-  [[ $model == grud ]] && overrides=($GRUD)
-  timed "p1_${model}_ensemble" python -m medjax.main --mode=ensemble --config=$CONFIG \
+  timed "p1_${model}_ensemble" python -m medjax.main --mode=ensemble --config="$(config $model)" \
     --workdir="$RUNS/p1_${model}_ensemble" --members="$members" --config.data.dir="$DATA" \
-    --config.data.test_set=b "${overrides[@]}"
+    --config.data.test_set=b
 done
 for run in s0 ensemble; do
   python experiments/compare.py --a="$RUNS/p1_mtan_$run" --b="$RUNS/p1_grud_$run" \
@@ -44,9 +43,9 @@ done
 timed p1_baselines python experiments/physionet2012/baselines.py --data_dir="$DATA" \
   --test_set=b --seeds=0 | tee "$RUNS/p1_baselines.txt"
 
-timed p2_mtan python experiments/crossval.py --config=$CONFIG --workdir="$RUNS/p2_mtan" \
-  --folds=5 --config.data.dir="$DATA" --config.data.train_sets=a,b
-timed p2_grud python experiments/crossval.py --config=$CONFIG --workdir="$RUNS/p2_grud" \
-  --folds=5 --config.data.dir="$DATA" --config.data.train_sets=a,b $GRUD
+for model in mtan grud; do
+  timed "p2_$model" python experiments/crossval.py --config="$(config $model)" \
+    --workdir="$RUNS/p2_$model" --folds=5 --config.data.dir="$DATA" --config.data.train_sets=a,b
+done
 timed p2_baselines python experiments/physionet2012/baselines.py --data_dir="$DATA" \
   --train_sets=a,b --folds=5 --seeds=0 | tee "$RUNS/p2_baselines.txt"

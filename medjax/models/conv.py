@@ -8,7 +8,7 @@ On XLA:CPU, 3D convolutions run at a few tens of GFLOP/s, and the input gradient
 convolutions, so `depth_folded_conv` stacks the kd (strided) depth slices of the padded input
 along the channel axis and runs one 2D convolution over (H, W) with the kernel reshaped to
 (kh, kw, kd * C_in, C_out), the output depth folded into the batch axis: the same function,
-faster to train here (the figures: README.md, Speed). Other backends, and any other
+faster to train here (the figures: docs/speed.md). Other backends, and any other
 convolution, go to `jax.lax.conv_general_dilated` unchanged.
 
 `ACSConv` is the ACS convolution of volumes (Yang et al., IEEE JBHI 2021): one 2D kernel whose

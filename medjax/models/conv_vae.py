@@ -19,7 +19,7 @@ ReLU in between; the last upsampling gives the likelihood's parameters, p(x | z)
 The prior p(z) is N(0, I), a learned mixture of Gaussians, or the VampPrior (`prior`). On the
 synthetic CT, N(0, I) fitted the posteriors poorly within a short schedule: they sat in a small
 region it rarely draws from, and its samples decoded to noise; the VampPrior's components are
-posteriors themselves, and its samples are chest slices (README.md, VAE).
+posteriors themselves, and its samples are chest slices (docs/vae.md).
 
 On XLA:CPU the sub-pixel upsampling's weight gradient measured 2.5x faster than a 4x4 stride-2
 transposed conv's. Convolutions pad inside the conv: with the Eigen convolutions medjax selects
