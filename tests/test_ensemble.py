@@ -19,17 +19,7 @@ from medjax.train import steps
 from medjax.train.evaluation import evaluate_split
 from medjax.train.trained import restore_best
 
-# configs/ct_cnn.py as conftest.shrink makes it: the finished tiny run's data and model
-TINY_CT_CNN = [
-    "--config=configs/ct_cnn.py",
-    "--config.data.image_shape=(32,32)",
-    "--config.data.num_train=96",
-    "--config.data.num_val=40",
-    "--config.data.num_test=48",
-    "--config.model.width=0.125",
-    "--config.model.hidden_size=16",
-    "--config.trainer.eval_batch_size=32",
-]
+TINY_CT_CNN = ["--config=configs/ct_cnn.py:smoke"]  # the finished tiny run's config
 
 
 def _edit_json(path, edit):

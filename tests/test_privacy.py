@@ -57,8 +57,11 @@ def test_per_example_gradients_equal_a_python_loop(tiny, name):
     config = tiny(name, image_shape=(16, 16))
     # ct_cnn: group norm, and no stride-4 stem, whose 1x1 last stage makes group norm (of one
     # value per group) amplify rounding; the GRU has no norm.
-    config.model.update(norm="group", small_input=True)
-    config.model.update(name="resnet10" if name == "ct_cnn" else "gru", dropout_rate=0.0)
+    if name == "ct_cnn":
+        config.model.update(name="resnet10", norm="group", small_input=True)
+    else:
+        config.model.name = "gru"
+    config.model.dropout_rate = 0.0
     task = build_task(config)
     params = _state(task, config).params
     batch = {k: v[:5] for k, v in next(task.train_batches(0)).items()}
@@ -361,7 +364,7 @@ def test_a_tiny_private_run_logs_epsilon_and_writes_privacy_json(tiny, tmp_path)
 def test_the_vae_task_takes_private_steps(tiny):  # the RNN's: the noise test above
     config = _private(tiny("ct_vae", image_shape=(16, 16)), noise_multiplier=1.0,
                       microbatch_size=8)  # fmt: skip
-    config.model.vae_widths = (8, 16)
+    config.model.widths = (8, 16)
     task = build_task(config)
     state = _state(task, config)
     batch = next(task.train_batches(0))

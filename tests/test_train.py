@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from medjax import checkpoint, explain, optim, parallel, train
+from medjax import checkpoint, explain, models, optim, parallel, train
 from medjax.errors import ConfigError
 from medjax.tasks import build_task
 from medjax.train import run_config, steps
@@ -149,9 +149,10 @@ def test_resume_after_a_crash_is_exact(tiny, tmp_path, monkeypatch):
     # The ICU task's attention model here (the image task: test_crash_resume.py; GRU-D: the
     # ICU end-to-end test), with randomness in the step, which must resume exactly too.
     tiny_config = tiny("ehr_rnn")
-    tiny_config.model.update(
-        name="mtan", dropout_rate=0.3, observation_dropout=0.2, num_reference=8, time_features=8
-    )
+    tiny_config.model = models.settings(
+        "mtan", hidden_size=16, dropout_rate=0.3, observation_dropout=0.2, num_reference=8,
+        time_features=8,
+    )  # fmt: skip
     straight = str(tmp_path / "straight")
     expected = train.train_and_evaluate(tiny_config, straight)
 

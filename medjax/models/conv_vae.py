@@ -27,7 +27,7 @@ transposed conv's. Convolutions pad inside the conv: with the Eigen convolutions
 and a 'VALID' conv (under YNNPACK's convolutions it was the other way round, by up to 40x for
 even kernels). 3D convolutions on CPU run as 2D ones over depth taps (medjax.models.conv).
 
-Pick a model by name with `create_model("conv_vae", latent_size=32, ...)`.
+Build it as `medjax.models.create("conv_vae", latent_size=32, ...)` (model.name=conv_vae).
 """
 
 import math
