@@ -35,7 +35,8 @@ def _run(*args, devices=1, python=("-m", "medjax.main")):
         (["--config=configs/does_not_exist.py"], "does_not_exist.py"),
         (
             ["--config=configs/ct_cnn.py", "--config.model.name=resnet7"],
-            "unknown model 'resnet7'; valid names: resnet10, resnet18, resnet34, resnet50",
+            "model.name='resnet7' is not a model: medjax/models/resnet7.py with a Model class. "
+            "Models: conv_vae, gru, gru_d, lstm, mtan, resnet10, resnet18, resnet34, resnet50",
         ),
         (
             ["--config=configs/ct_cnn.py", "--config.trainer.batch_size=-4"],

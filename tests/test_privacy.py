@@ -21,7 +21,8 @@ from medjax.train.state import create_train_state
 
 
 def _private(config, **settings):
-    config.model.norm = "group"
+    if "norm" in config.model:  # the ResNets: batch norm mixes examples
+        config.model.norm = "group"
     config.privacy.update(enabled=True, **settings)
     return config
 
