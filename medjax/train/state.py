@@ -1,4 +1,5 @@
-"""The training state: parameters, batch statistics, optimiser state, step and PRNG key."""
+"""The training state: parameters, batch statistics, optimiser state, step and PRNG key; the
+training step (medjax.train.steps) updates it."""
 
 import functools
 import os
@@ -19,16 +20,6 @@ class TrainState(train_state.TrainState):
     key_data: jax.Array  # the run's PRNG key as storable key data; step N draws fold_in(key, N)
     ema_params: Any = None  # a moving average of params, evaluated in their place; None: off
     ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
-
-    def apply_gradients(self, *, grads, **kwargs):
-        new = super().apply_gradients(grads=grads, **kwargs)
-        if self.ema_params is None:
-            return new
-        # The decay ramps up as (1 + t) / (10 + t), so that early averages forget the init.
-        decay = jnp.minimum(self.ema_decay, (1.0 + self.step) / (10.0 + self.step))
-        return new.replace(
-            ema_params=optax.incremental_update(new.params, self.ema_params, 1.0 - decay)
-        )
 
     @property
     def key(self) -> jax.Array:
