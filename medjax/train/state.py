@@ -64,11 +64,10 @@ def abstract_train_state(
     )
 
 
-def open_checkpoints(config, task: Task, workdir: str, mesh):
-    """(the workdir's checkpoints, the abstract state they restore into)."""
-    tx, _ = optim.create_optimizer(
-        config.optimizer, config.trainer.num_train_steps, config.init.freeze
-    )
+def open_checkpoints(config, task: Task, workdir: str, mesh, tx=None):
+    """(the workdir's checkpoints, the abstract state they restore into); `tx`: the run's
+    optimiser, by default built from `config` here."""
+    tx = optim.run_optimizer(config)[0] if tx is None else tx
     abstract_state = abstract_train_state(task, tx, mesh, config.trainer.ema_decay)
     ckpts = checkpoint.Checkpoints(
         os.path.join(workdir, "checkpoints"), max_to_keep=config.trainer.max_checkpoints_to_keep
