@@ -77,6 +77,14 @@ def create_optimizer(
     return tx, schedule
 
 
+def run_optimizer(
+    config: ml_collections.ConfigDict,
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """`create_optimizer` for a run of `config`: its `optimizer` over `trainer.num_train_steps`,
+    with the parameters `init.freeze` names frozen."""
+    return create_optimizer(config.optimizer, config.trainer.num_train_steps, config.init.freeze)
+
+
 def frozen_mask(params: dict, freeze: str) -> dict:
     """True for the parameters `init.freeze` names: "backbone" (all but the head), or
     comma-separated glob patterns over parameter paths ("stem_*,stage0_*"), a pattern

@@ -3,7 +3,8 @@
 Each step samples every training example independently with probability q = expected batch
 size / N (Poisson sampling, what the accountant assumes), clips each example's gradient to
 global norm `l2_norm_clip`, sums them, adds Gaussian noise of standard deviation
-`noise_multiplier * l2_norm_clip` to the sum and divides by the expected batch size. The
+`noise_multiplier * l2_norm_clip` to the sum and divides by the expected batch size (the
+step's per-example path, medjax.train.steps.private_loss_and_grads). The
 accountant (dp_accounting: RDP, or PLD for tighter bounds) composes one Poisson-sampled
 Gaussian mechanism per step and reports epsilon at `delta`.
 
@@ -17,9 +18,7 @@ import math
 
 import dp_accounting
 import jax
-import jax.numpy as jnp
 import ml_collections
-import optax
 from scipy import stats
 
 from medjax.errors import ConfigError
@@ -174,63 +173,6 @@ def check(config: ml_collections.ConfigDict, variables: dict) -> None:
             "privacy.enabled with data.balanced_sampling: oversampling breaks the Poisson "
             "sampling the accountant assumes; use loss.class_weights instead"
         )
-
-
-def clip_each(grads, l2_norm_clip: float):
-    """Per-example gradients (leading axis) each scaled to global norm <= `l2_norm_clip`;
-    returns them and their norms before clipping."""
-    norms = jax.vmap(optax.global_norm)(grads)
-    factors = jnp.minimum(1.0, l2_norm_clip / jnp.maximum(norms, jnp.finfo(norms.dtype).tiny))
-    clipped = jax.tree.map(lambda g: g * factors.reshape(-1, *(1,) * (g.ndim - 1)), grads)
-    return clipped, norms
-
-
-def per_example_grads(example_loss, params, examples, keys):
-    """(losses [B], gradients with a leading axis [B]) of `example_loss(params, example, key)`
-    for each example of `examples` (leading axis B) with its key, by `jax.vmap`."""
-    return jax.vmap(jax.value_and_grad(example_loss), in_axes=(None, 0, 0))(params, examples, keys)
-
-
-def clipped_sums(example_loss, params, examples, valid, keys, *, l2_norm_clip, microbatch_size):
-    """Sums over the valid examples of the loss, the clipped gradient and the clipped count.
-
-    `example_loss(params, example, key)` is one example's loss; `examples` and `keys` have a
-    leading example axis. Per-example gradients are computed `microbatch_size` at a time (0:
-    all at once) under `lax.scan`, so memory holds that many copies of the gradient; chunks
-    holding only padding are skipped (Poisson batches put their examples first).
-    """
-
-    def sums(chunk):
-        chunk_examples, chunk_valid, chunk_keys = chunk
-        losses, grads = per_example_grads(example_loss, params, chunk_examples, chunk_keys)
-        clipped, norms = clip_each(grads, l2_norm_clip)
-        weights = chunk_valid.astype(jnp.float32)
-        grad_sum = jax.tree.map(lambda g: jnp.tensordot(weights, g, axes=1), clipped)
-        return jnp.sum(weights * losses), grad_sum, jnp.sum(weights * (norms > l2_norm_clip))
-
-    size = valid.shape[0]
-    if microbatch_size in (0, size):
-        return sums((examples, valid, keys))
-    chunks = jax.tree.map(
-        lambda x: x.reshape(size // microbatch_size, microbatch_size, *x.shape[1:]),
-        (examples, valid, keys),
-    )
-    zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params), jnp.zeros(()))
-
-    def accumulate(total, chunk):
-        found = jax.lax.cond(chunk[1].any(), sums, lambda chunk: zeros, chunk)
-        return jax.tree.map(jnp.add, total, found), None
-
-    total, _ = jax.lax.scan(accumulate, zeros, chunks)
-    return total
-
-
-def add_noise(tree, key: jax.Array, std: float):
-    """`tree` plus independent N(0, std^2) noise on every entry."""
-    leaves, treedef = jax.tree.flatten(tree)
-    keys = jax.random.split(key, len(leaves))
-    noisy = [x + std * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
-    return jax.tree.unflatten(treedef, noisy)
 
 
 def summary(plan: Plan, steps: int) -> dict:

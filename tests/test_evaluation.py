@@ -8,6 +8,7 @@ from sklearn import metrics as sk_metrics
 
 from medjax.errors import ConfigError
 from medjax.stats import calibration, metrics, operating_point, subgroups
+from medjax.tasks import scoring
 from medjax.train import evaluation
 
 
@@ -134,7 +135,7 @@ def test_binary_evaluation_fits_on_val_and_applies_to_the_evaluated_split(tmp_pa
     config = type("Evaluation", (), {"operating_point": "sensitivity", "target_sensitivity": 0.9})
     path = str(tmp_path / "calibration.png")
     values, intervals = evaluation.binary_evaluation(
-        config, val, test, log_odds=True, plot_path=path
+        config, val, test, log_odds=True, plot_path=path, final_metrics=scoring.min_se_ppv
     )
     threshold = operating_point.choose_threshold(*val, "sensitivity", 0.9)
     assert values["operating_threshold"] == threshold
@@ -142,8 +143,8 @@ def test_binary_evaluation_fits_on_val_and_applies_to_the_evaluated_split(tmp_pa
         assert values[f"operating_{name}"] == value
         low, high = intervals[f"operating_{name}"]
         assert low <= value <= high, name
-    # The challenge's score: min(Se, PPV) on test at the threshold that maximises it on val,
-    # below the oracle's maximum on test itself.
+    # The task's final metric, the challenge's score: min(Se, PPV) on test at the threshold
+    # that maximises it on val, below the oracle's maximum on test itself.
     challenge, _ = _brute_force_min_se_ppv(*val)
     at_challenge = operating_point.at_threshold(*test, challenge)
     assert values["min_se_ppv_threshold"] == challenge

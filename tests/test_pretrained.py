@@ -47,8 +47,9 @@ def test_from_workdir_loads_the_backbone_and_keeps_a_fresh_head(finished_tiny_ru
     task, mesh = build_task(config), parallel.data_mesh()
     workdir = str(tmp_path / "run")
     os.makedirs(workdir)
-    state = loop._initial_state(config, task, mesh, pretrained.source_of(config.init), workdir)
-    fresh = loop._initial_state(config, task, mesh, None, workdir)
+    tx = optim.run_optimizer(config)[0]
+    state = loop._initial_state(config, task, tx, mesh, pretrained.source_of(config.init), workdir)
+    fresh = loop._initial_state(config, task, tx, mesh, None, workdir)
 
     for collection in ("params", "batch_stats"):
         ours, theirs = _flat(getattr(state, collection)), _flat(getattr(source, collection))
@@ -83,7 +84,8 @@ def test_frozen_backbone_stays_bit_identical_and_keeps_no_optimiser_state(
     for name, value in trained.items():
         if not name.startswith("head/"):
             np.testing.assert_array_equal(value, source[name])
-    first = loop._initial_state(config, build_task(config), parallel.data_mesh(), None, workdir)
+    tx, mesh = optim.run_optimizer(config)[0], parallel.data_mesh()
+    first = loop._initial_state(config, build_task(config), tx, mesh, None, workdir)
     assert not np.array_equal(trained["head/kernel"], _flat(first.params)["head/kernel"])
     # Adam's two moments exist for the head's two tensors only.
     moments = [x for x in jax.tree.leaves(state.opt_state) if np.ndim(x) > 0]

@@ -74,7 +74,7 @@ def test_per_example_gradients_equal_a_python_loop(tiny, name):
         return task.loss_fn(outputs, one, 0)
 
     keys = jax.random.split(jax.random.key(0), 5)
-    losses, grads = jax.jit(privacy.per_example_grads, static_argnums=0)(
+    losses, grads = jax.jit(steps.per_example_grads, static_argnums=0)(
         example_loss, params, batch, keys
     )
 
@@ -102,7 +102,7 @@ def test_every_clipped_gradient_is_within_the_clip_and_small_ones_are_unchanged(
         "a": jnp.asarray(rng.normal(size=(8, 7)) * scales),
         "b": {"c": jnp.asarray(rng.normal(size=(8, 3, 2)) * scales[:, :, None])},
     }
-    clipped, norms = privacy.clip_each(grads, 1.25)
+    clipped, norms = steps.clip_each(grads, 1.25)
     flat = np.concatenate([g.reshape(8, -1) for g in _leaves(grads)], 1)
     flat_clipped = np.concatenate([g.reshape(8, -1) for g in _leaves(clipped)], 1)
     original = np.linalg.norm(flat, axis=1)
@@ -181,7 +181,7 @@ def test_padding_and_chunks_change_nothing_but_the_valid_examples_count(tiny):
     valid = np.zeros(len(batch["valid"]), bool)
     valid[:5] = True
     keys = jax.random.split(jax.random.key(0), len(valid))
-    sums = jax.jit(privacy.clipped_sums, static_argnums=0, static_argnames="microbatch_size")
+    sums = jax.jit(steps.clipped_sums, static_argnums=0, static_argnames="microbatch_size")
     whole = sums(example_loss, params, batch, valid, keys, l2_norm_clip=0.5, microbatch_size=0)
     chunked = sums(example_loss, params, batch, valid, keys, l2_norm_clip=0.5, microbatch_size=4)
     first5 = {k: v[:5] for k, v in batch.items()}

@@ -189,7 +189,7 @@ def _operating_point(config, split, binary, binary_intervals, fitted_on) -> list
         shown = f"probability {special.expit(threshold):.4g} (log-odds {threshold:.4g})"
     rows = [[k, binary[f"operating_{k}"], _interval(binary_intervals.get(f"operating_{k}"))]
             for k in OPERATING_POINT_METRICS]  # fmt: skip
-    return [
+    lines = [
         "",
         "## Operating point",
         "",
@@ -197,10 +197,14 @@ def _operating_point(config, split, binary, binary_intervals, fitted_on) -> list
         "at or above it.",
         "",
         *_table(["metric", split, "95% interval"], rows),
-        "",
-        f"PhysioNet 2012's score, min(sensitivity, PPV) at the threshold that maximises it on "
-        f"val: {binary['min_se_ppv']:.4f}.",
     ]
+    if "min_se_ppv" in binary:  # the task's final_metrics (medjax.tasks.scoring.min_se_ppv)
+        lines += [
+            "",
+            f"PhysioNet 2012's score, min(sensitivity, PPV) at the threshold that maximises it "
+            f"on val: {binary['min_se_ppv']:.4f}.",
+        ]
+    return lines
 
 
 def _calibration(split, split_metrics, intervals, binary, binary_intervals, fitted_on):

@@ -78,6 +78,7 @@ def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict
         split_sizes=lambda: image_pipelines.image_split_sizes(dataset),
         data_fingerprint=lambda: image_pipelines.image_fingerprint(dataset),
         binary_scores=scoring.binary_log_odds if binary else None,
+        final_metrics=scoring.min_se_ppv if binary else None,
         # The score explained: the log-odds of class 1.
         explain=functools.partial(explain_examples, model, dataset, baseline) if binary else None,
         ensemble_outputs=functools.partial(ensemble_outputs, multilabel=dataset.multilabel),

@@ -59,6 +59,7 @@ def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict
             }
         ),
         binary_scores=binary_scores,
+        final_metrics=scoring.min_se_ppv,  # the challenge's score, at val's threshold
         explain=functools.partial(explain_examples, model, dataset),
         subgroups=lambda split: subgroups.icu_groups(
             *(dataset.splits[split][k] for k in ("age", "gender", "icu_type"))

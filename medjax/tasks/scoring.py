@@ -1,12 +1,13 @@
 """Scoring of class probabilities, shared by the image and ICU classification tasks: metrics
-with the loss, bootstrap intervals, log-odds for the operating point, prediction tables."""
+with the loss, bootstrap intervals, log-odds for the operating point, PhysioNet 2012's score,
+prediction tables."""
 
 import os
 
 import numpy as np
 
 from medjax.outputs import plots, writers
-from medjax.stats import bootstrap, metrics
+from medjax.stats import bootstrap, metrics, operating_point
 
 
 def class_metrics(gathered: dict[str, np.ndarray]) -> dict[str, float]:
@@ -36,6 +37,16 @@ def binary_log_odds(gathered: dict[str, np.ndarray]) -> tuple[np.ndarray, np.nda
     """Labels and the log-odds of class 1 of a two-class softmax."""
     logits = gathered["logits"].astype(np.float64)
     return gathered["label"], logits[:, 1] - logits[:, 0]
+
+
+def min_se_ppv(val, evaluated) -> dict[str, float]:
+    """PhysioNet 2012's score as the challenge ranked entrants (a Task.final_metrics):
+    `min_se_ppv`, min(sensitivity, PPV) of `evaluated` at `min_se_ppv_threshold`, the
+    threshold that maximises it on `val` (each a (labels, scores) pair)."""
+    threshold = operating_point.choose_threshold(*val, "min_se_ppv", 1.0)
+    at_threshold = operating_point.at_threshold(*evaluated, threshold)
+    score = float(np.minimum(at_threshold["sensitivity"], at_threshold["ppv"]))
+    return {"min_se_ppv_threshold": threshold, "min_se_ppv": score}
 
 
 def multilabel_metrics(gathered: dict[str, np.ndarray]) -> dict[str, float]:

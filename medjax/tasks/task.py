@@ -54,6 +54,8 @@ class Task:
       binary_scores: gathered arrays -> (0/1 labels [N], scores [N]), higher meaning class 1,
         for binary tasks: the operating point and calibration are fitted on val's; None where
         the task is not binary.
+      final_metrics: (val's binary_scores, the evaluated split's) -> {name: float}, the task's
+        own metrics of the final evaluation, their thresholds fitted on val; None: none.
       scores_are_log_odds: the scores are the model's log-odds of class 1 (recalibrated by
         temperature scaling); otherwise another score (recalibrated by Platt scaling).
       subgroups: split -> {grouping: group name of each of the split's rows}, for metrics
@@ -87,6 +89,7 @@ class Task:
     split_sizes: Callable[[], dict[str, int]]
     data_fingerprint: Callable[[], str]
     binary_scores: Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]] | None = None
+    final_metrics: Callable[[tuple, tuple], dict[str, float]] | None = None
     scores_are_log_odds: bool = True
     subgroups: Callable[[str], dict[str, np.ndarray]] | None = None
     explain: Callable[..., list[str]] | None = None

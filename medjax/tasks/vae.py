@@ -17,7 +17,7 @@ from medjax.data import image_dataset
 from medjax.errors import ConfigError
 from medjax.outputs import plots, writers
 from medjax.stats import bootstrap, metrics
-from medjax.tasks import image_pipelines
+from medjax.tasks import image_pipelines, scoring
 from medjax.tasks.task import Task, compute_dtype
 
 
@@ -64,6 +64,7 @@ def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict
         split_sizes=lambda: image_pipelines.image_split_sizes(dataset, normal_only=normal_only),
         data_fingerprint=lambda: image_pipelines.image_fingerprint(dataset),
         binary_scores=lambda gathered: (gathered["label"], gathered["nelbo"].astype(np.float64)),
+        final_metrics=scoring.min_se_ppv,
         scores_are_log_odds=False,
         rng_streams=("latent",),
     )

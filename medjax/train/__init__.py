@@ -1,7 +1,8 @@
 """Task-agnostic training and what a trained workdir can do: `train_and_evaluate`, and the
 modes `evaluate`, `explain`, `predict`, `export` and `ensemble`.
 
-state.py holds the training state; steps.py the jitted steps; loop.py the training loop;
+state.py holds the training state; steps.py the training step, top to bottom, and the
+evaluation step; loop.py the training loop, over one frozen `Run`;
 evaluation.py the evaluation of a checkpoint; checks.py the pre-flight checks; run_config.py
 the config diffs and fingerprints that guard resuming; trained.py the model of a trained
 workdir (a run's best checkpoint, or an ensemble's members); modes.py evaluate, explain and predict;

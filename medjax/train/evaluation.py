@@ -33,13 +33,12 @@ def evaluate_split(state, task: Task, split: str, mesh) -> tuple[dict, dict]:
     return task.compute_metrics(gathered), gathered
 
 
-def binary_evaluation(
-    evaluation: ml_collections.ConfigDict, val, evaluated, *, log_odds: bool, plot_path: str
-) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+def binary_evaluation(evaluation: ml_collections.ConfigDict, val, evaluated, *, log_odds: bool,
+                      plot_path: str, final_metrics=None):  # fmt: skip
     """The operating point and calibration of binary scores, fitted on `val` and applied to
     `evaluated` (each a (labels, scores) pair). Returns (values, 95% intervals), named as in
-    metrics.jsonl: `operating_threshold` and `operating_<metric>`; `min_se_ppv` (min(Se, PPV)
-    at `min_se_ppv_threshold`, the threshold that maximises it on val); `calibrated_ece` and
+    metrics.jsonl: `operating_threshold` and `operating_<metric>`; the task's
+    `final_metrics(val, evaluated)` (Task.final_metrics); `calibrated_ece` and
     `calibrated_brier` after temperature scaling (log-odds) or Platt scaling (other scores),
     with `temperature` or `platt_scale` / `platt_offset`. Writes the reliability diagram."""
     labels, scores = evaluated
@@ -51,12 +50,8 @@ def binary_evaluation(
     }
     found = bootstrap.intervals(labels, scores, threshold=threshold)
     intervals = {f"operating_{k}": found[k] for k in bootstrap.THRESHOLD_METRICS if k in found}
-    # PhysioNet 2012's score as the challenge ranked entrants: its threshold chosen on val.
-    challenge = operating_point.choose_threshold(*val, "min_se_ppv", 1.0)
-    at_challenge = operating_point.at_threshold(labels, scores, challenge)
-    values["min_se_ppv_threshold"] = challenge
-    values["min_se_ppv"] = float(np.minimum(at_challenge["sensitivity"], at_challenge["ppv"]))
-
+    if final_metrics is not None:
+        values |= final_metrics(val, evaluated)
     if log_odds:
         values["temperature"] = calibrator.temperature
     else:
@@ -132,6 +127,7 @@ def report_evaluation(config, task: Task, evaluated: dict, split: str, workdir: 
             task.binary_scores(gathered),
             log_odds=task.scores_are_log_odds,
             plot_path=os.path.join(workdir, "plots", "calibration.png"),
+            final_metrics=task.final_metrics,
         )
     subgroup_rows = []
     if binary and task.subgroups is not None:

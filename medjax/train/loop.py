@@ -15,16 +15,31 @@ import time
 import jax
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
-from clu import periodic_actions
+from clu import metric_writers, periodic_actions
 
-from medjax import optim, parallel, pretrained, privacy, workdir_lock
+from medjax import checkpoint, optim, parallel, pretrained, privacy, workdir_lock
 from medjax.errors import ConfigError, NonFiniteError, Preempted
 from medjax.outputs import writers
 from medjax.tasks import Task, build_task
 from medjax.train import checks, run_config, steps
 from medjax.train.evaluation import evaluate_split, final_evaluation
 from medjax.train.state import create_train_state, model_variables, open_checkpoints
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Run:
+    """What stays fixed while a run trains, made once before its first step."""
+
+    config: ml_collections.ConfigDict
+    task: Task
+    workdir: str
+    mesh: jax.sharding.Mesh
+    plan: privacy.Plan | None  # a private run's settings; None without privacy
+    schedule: optax.Schedule  # the learning rate of the run's optimiser
+    ckpts: checkpoint.Checkpoints
+    writer: metric_writers.MetricWriter  # writers.create_writer's
 
 
 @dataclasses.dataclass
@@ -74,14 +89,15 @@ def train_and_evaluate(
 def _resume_or_start(config, task, workdir, source, plan, fingerprint, allow_config_change):
     """train_and_evaluate's work in a checked, locked workdir."""
     mesh = parallel.data_mesh()
-    ckpts, abstract_state = open_checkpoints(config, task, workdir, mesh)
+    tx, schedule = optim.run_optimizer(config)  # the run's one optimiser
+    ckpts, abstract_state = open_checkpoints(config, task, workdir, mesh, tx)
     restored = ckpts.restore_latest(abstract_state)
     if restored:
         state, progress = restored[0], Progress.from_json(restored[1])
         run_config.check_unchanged(progress.fingerprint, fingerprint, workdir, allow_config_change)
         logging.info("Resumed from step %d of %s", int(state.step), workdir)
     else:
-        state, progress = _initial_state(config, task, mesh, source, workdir), Progress()
+        state, progress = _initial_state(config, task, tx, mesh, source, workdir), Progress()
     progress.fingerprint = fingerprint
     if plan is not None:
         progress.privacy = checks.check_privacy_unchanged(progress.privacy, plan, workdir)
@@ -97,20 +113,19 @@ def _resume_or_start(config, task, workdir, source, plan, fingerprint, allow_con
     if progress.finished:
         logging.info("Not training (at step %d); evaluating the best checkpoint.", state.step)
     else:
-        state = _train(config, task, state, progress, ckpts, writer, mesh, plan, workdir)
+        run = Run(config=config, task=task, workdir=workdir, mesh=mesh, plan=plan,
+                  schedule=schedule, ckpts=ckpts, writer=writer)  # fmt: skip
+        state = _train(run, state, progress)
     best = ckpts.restore_best(abstract_state)
     ckpts.close()
     best_state = best[0] if best else state
     return final_evaluation(config, task, best_state, int(state.step), workdir, writer, mesh)
 
 
-def _initial_state(config, task: Task, mesh, source, workdir: str):
-    """A fresh state, initialised from `config.seed` and replicated over the mesh, with the
-    tensors of `source` (pretrained.source_of) that match loaded; what was loaded is logged
-    and written to `workdir/init.json`."""
-    tx, _ = optim.create_optimizer(
-        config.optimizer, config.trainer.num_train_steps, config.init.freeze
-    )
+def _initial_state(config, task: Task, tx, mesh, source, workdir: str):
+    """A fresh state of optimiser `tx`, initialised from `config.seed` and replicated over the
+    mesh, with the tensors of `source` (pretrained.source_of) that match loaded; what was
+    loaded is logged and written to `workdir/init.json`."""
     init_key, step_key = jax.random.split(jax.random.key(config.seed))
     create = functools.partial(create_train_state, task, tx, ema_decay=config.trainer.ema_decay)
     state = jax.jit(create, out_shardings=parallel.replicated(mesh))(init_key, step_key)
@@ -133,19 +148,19 @@ def _initial_state(config, task: Task, mesh, source, workdir: str):
     return jax.device_put(state, parallel.replicated(mesh))
 
 
-def _train(config, task, state, progress: Progress, ckpts, writer, mesh, plan, workdir):
+def _train(run: Run, state, progress: Progress):
     """Trains from `state` to the end (or early stopping, or SIGTERM or SIGINT: a checkpoint
     of the step, then Preempted), updating `progress`; returns the last state."""
-    trainer = config.trainer
+    trainer, ckpts = run.config.trainer, run.ckpts
     step = int(state.step)
-    _check_privacy_budget(plan, trainer.num_train_steps)
-    batches = task.train_batches(step)
-    to_loop, train_on, from_loop = steps.stepper(config, task, mesh, plan)
+    _check_privacy_budget(run.plan, trainer.num_train_steps)
+    batches = run.task.train_batches(step)
+    to_loop, train_on, from_loop = steps.stepper(run.config, run.task, run.mesh, run.plan)
     state = to_loop(state)
     report_progress = periodic_actions.ReportProgress(
         num_train_steps=trainer.num_train_steps, every_steps=trainer.log_every_steps
     )
-    log = _TrainLog(config, plan, workdir, writer, step)
+    log = _TrainLog(run, step)
     unchecked, stop = [], False
     with _stop_signals() as received:
         while step < trainer.num_train_steps and not stop:
@@ -171,8 +186,7 @@ def _train(config, task, state, progress: Progress, ckpts, writer, mesh, plan, w
             if eval_now or save_now or preempted:
                 current = from_loop(state)  # the replicated layout, made once for both uses
             if eval_now:
-                stop = _evaluate_and_select(config, task, current, step, progress, ckpts, writer,
-                                            mesh)  # fmt: skip
+                stop = _evaluate_and_select(run, current, step, progress)
             if save_now or stop or preempted:
                 progress.finished = last or stop
                 ckpts.save_latest(step, current, progress.to_json())
@@ -183,7 +197,7 @@ def _train(config, task, state, progress: Progress, ckpts, writer, mesh, plan, w
                     f"of that step in {ckpts.directory}; run the same command to continue",
                     signum,
                 )
-    writer.flush()
+    run.writer.flush()
     return from_loop(state)
 
 
@@ -204,11 +218,9 @@ def _check_privacy_budget(plan: privacy.Plan | None, num_train_steps: int) -> No
 class _TrainLog:
     """The `train` lines: health scalars averaged over the steps since the last line."""
 
-    def __init__(self, config, plan, workdir, writer, step):
+    def __init__(self, run: Run, step: int):
         self.scalars = []  # each step's health scalars since the last line
-        self._batch_size = config.trainer.batch_size
-        self._schedule = optim.create_optimizer(config.optimizer, config.trainer.num_train_steps)[1]
-        self._plan, self._workdir, self._writer = plan, workdir, writer
+        self._run = run
         self._start, self._start_step = time.time(), step
 
     def write(self, step: int, skipped_steps: int) -> None:
@@ -219,12 +231,14 @@ class _TrainLog:
             if k in self.scalars[0]
         }
         summary["skipped_steps"] = skipped_steps
-        summary["learning_rate"] = float(self._schedule(step - 1))
+        run = self._run
+        summary["learning_rate"] = float(run.schedule(step - 1))
         elapsed = time.time() - self._start
-        summary["examples_per_s"] = (step - self._start_step) * self._batch_size / elapsed
-        if self._plan is not None:
-            summary["epsilon"] = _write_privacy(self._workdir, self._plan, step)
-        self._writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
+        batch_size = run.config.trainer.batch_size
+        summary["examples_per_s"] = (step - self._start_step) * batch_size / elapsed
+        if run.plan is not None:
+            summary["epsilon"] = _write_privacy(run.workdir, run.plan, step)
+        run.writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
         self.scalars, self._start, self._start_step = [], time.time(), step
 
 
@@ -244,16 +258,15 @@ def _improved(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
 
-def _evaluate_and_select(config, task, state, step, progress: Progress, ckpts, writer,
-                         mesh) -> bool:  # fmt: skip
+def _evaluate_and_select(run: Run, state, step: int, progress: Progress) -> bool:
     """Validates `state`, keeps it if it is the best so far; True when it is time to stop."""
-    trainer = config.trainer
-    val_metrics, _ = evaluate_split(state, task, "val", mesh)
-    writer.write_scalars(step, {f"val/{k}": v for k, v in val_metrics.items()})
+    trainer = run.config.trainer
+    val_metrics, _ = evaluate_split(state, run.task, "val", run.mesh)
+    run.writer.write_scalars(step, {f"val/{k}": v for k, v in val_metrics.items()})
     value = val_metrics[trainer.selection_metric]
     if _improved(value, progress.best_metric, trainer.selection_mode):
         progress.best_metric, progress.best_step, progress.evals_since_best = value, step, 0
-        ckpts.save_best(step, state, progress.to_json())
+        run.ckpts.save_best(step, state, progress.to_json())
     else:
         progress.evals_since_best += 1
     patience = trainer.early_stopping_patience

@@ -1,4 +1,5 @@
-"""The training state: parameters, batch statistics, optimiser state, step and PRNG key."""
+"""The training state: parameters, batch statistics, optimiser state, step and PRNG key; the
+training step (medjax.train.steps) updates it."""
 
 import functools
 import os
@@ -19,16 +20,6 @@ class TrainState(train_state.TrainState):
     key_data: jax.Array  # the run's PRNG key as storable key data; step N draws fold_in(key, N)
     ema_params: Any = None  # a moving average of params, evaluated in their place; None: off
     ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
-
-    def apply_gradients(self, *, grads, **kwargs):
-        new = super().apply_gradients(grads=grads, **kwargs)
-        if self.ema_params is None:
-            return new
-        # The decay ramps up as (1 + t) / (10 + t), so that early averages forget the init.
-        decay = jnp.minimum(self.ema_decay, (1.0 + self.step) / (10.0 + self.step))
-        return new.replace(
-            ema_params=optax.incremental_update(new.params, self.ema_params, 1.0 - decay)
-        )
 
     @property
     def key(self) -> jax.Array:
@@ -73,11 +64,10 @@ def abstract_train_state(
     )
 
 
-def open_checkpoints(config, task: Task, workdir: str, mesh):
-    """(the workdir's checkpoints, the abstract state they restore into)."""
-    tx, _ = optim.create_optimizer(
-        config.optimizer, config.trainer.num_train_steps, config.init.freeze
-    )
+def open_checkpoints(config, task: Task, workdir: str, mesh, tx=None):
+    """(the workdir's checkpoints, the abstract state they restore into); `tx`: the run's
+    optimiser, by default built from `config` here."""
+    tx = optim.run_optimizer(config)[0] if tx is None else tx
     abstract_state = abstract_train_state(task, tx, mesh, config.trainer.ema_decay)
     ckpts = checkpoint.Checkpoints(
         os.path.join(workdir, "checkpoints"), max_to_keep=config.trainer.max_checkpoints_to_keep

@@ -1,5 +1,7 @@
-"""Jitted steps: the training step (jit on a global batch, or pmap), DP-SGD's private gradient,
-the evaluation step, and the stepper the loop drives them through.
+"""The training step, top to bottom: the loss and its gradients, accumulated over micro-batches
+or, with DP-SGD, per example (clipped, summed and noised); the optimiser's update and the moving
+average; the health scalars (`_train_step`, jitted on a global batch or pmapped). Then the
+evaluation step, and the stepper the loop drives them through.
 
 Randomness: step N draws from fold_in(key, N) (folded with the device index under pmap); each
 random stream the task's model declares (`Task.rng_streams`) gets its own key from that.
@@ -85,7 +87,7 @@ def private_loss_and_grads(state: TrainState, batch, task: Task, plan: privacy.P
     valid = batch["valid"]
     positions = jnp.arange(valid.shape[0])
     keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(step_key, 2), positions)
-    loss_sum, grad_sum, clipped = privacy.clipped_sums(
+    loss_sum, grad_sum, clipped = clipped_sums(
         example_loss,
         state.params,
         batch,
@@ -96,10 +98,80 @@ def private_loss_and_grads(state: TrainState, batch, task: Task, plan: privacy.P
     )
     if plan.noise_multiplier:  # (0 noise with an infinite clip would give 0 * inf)
         std = plan.noise_multiplier * plan.l2_norm_clip
-        grad_sum = privacy.add_noise(grad_sum, jax.random.fold_in(step_key, 3), std)
+        grad_sum = add_noise(grad_sum, jax.random.fold_in(step_key, 3), std)
     grads = jax.tree.map(lambda g: g / plan.expected_batch_size, grad_sum)
     count = jnp.maximum(valid.sum(), 1)
     return loss_sum / count, grads, {"clipped_fraction": clipped / count}
+
+
+def clipped_sums(example_loss, params, examples, valid, keys, *, l2_norm_clip, microbatch_size):
+    """Sums over the valid examples of the loss, the clipped gradient and the clipped count.
+
+    `example_loss(params, example, key)` is one example's loss; `examples` and `keys` have a
+    leading example axis. Per-example gradients are computed `microbatch_size` at a time (0:
+    all at once) under `lax.scan`, so memory holds that many copies of the gradient; chunks
+    holding only padding are skipped (Poisson batches put their examples first).
+    """
+
+    def sums(chunk):
+        chunk_examples, chunk_valid, chunk_keys = chunk
+        losses, grads = per_example_grads(example_loss, params, chunk_examples, chunk_keys)
+        clipped, norms = clip_each(grads, l2_norm_clip)
+        weights = chunk_valid.astype(jnp.float32)
+        grad_sum = jax.tree.map(lambda g: jnp.tensordot(weights, g, axes=1), clipped)
+        return jnp.sum(weights * losses), grad_sum, jnp.sum(weights * (norms > l2_norm_clip))
+
+    size = valid.shape[0]
+    if microbatch_size in (0, size):
+        return sums((examples, valid, keys))
+    chunks = jax.tree.map(
+        lambda x: x.reshape(size // microbatch_size, microbatch_size, *x.shape[1:]),
+        (examples, valid, keys),
+    )
+    zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params), jnp.zeros(()))
+
+    def accumulate(total, chunk):
+        found = jax.lax.cond(chunk[1].any(), sums, lambda chunk: zeros, chunk)
+        return jax.tree.map(jnp.add, total, found), None
+
+    total, _ = jax.lax.scan(accumulate, zeros, chunks)
+    return total
+
+
+def per_example_grads(example_loss, params, examples, keys):
+    """(losses [B], gradients with a leading axis [B]) of `example_loss(params, example, key)`
+    for each example of `examples` (leading axis B) with its key, by `jax.vmap`."""
+    return jax.vmap(jax.value_and_grad(example_loss), in_axes=(None, 0, 0))(params, examples, keys)
+
+
+def clip_each(grads, l2_norm_clip: float):
+    """Per-example gradients (leading axis) each scaled to global norm <= `l2_norm_clip`;
+    returns them and their norms before clipping."""
+    norms = jax.vmap(optax.global_norm)(grads)
+    factors = jnp.minimum(1.0, l2_norm_clip / jnp.maximum(norms, jnp.finfo(norms.dtype).tiny))
+    clipped = jax.tree.map(lambda g: g * factors.reshape(-1, *(1,) * (g.ndim - 1)), grads)
+    return clipped, norms
+
+
+def add_noise(tree, key: jax.Array, std: float):
+    """`tree` plus independent N(0, std^2) noise on every entry."""
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(key, len(leaves))
+    noisy = [x + std * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+    return jax.tree.unflatten(treedef, noisy)
+
+
+def _apply_gradients(state: TrainState, grads, batch_stats) -> TrainState:
+    """The optimiser's update of the parameters, then of their moving average (`ema_params`,
+    whose decay ramps up as (1 + t) / (10 + t), so that early averages forget the init)."""
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = state.ema_params
+    if ema_params is not None:
+        decay = jnp.minimum(state.ema_decay, (1.0 + state.step) / (10.0 + state.step))
+        ema_params = optax.incremental_update(params, ema_params, 1.0 - decay)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         batch_stats=batch_stats, ema_params=ema_params)  # fmt: skip
 
 
 def _train_step(state: TrainState, batch, *, task: Task, accumulation_steps: int, axis_name,
@@ -127,7 +199,7 @@ def _train_step(state: TrainState, batch, *, task: Task, accumulation_steps: int
         loss, grads, batch_stats = jax.lax.pmean((loss, grads, batch_stats), axis_name)
     l2_grads = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(l2_grads)
-    updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    updated = _apply_gradients(state, grads, batch_stats)
     skipped = state.replace(step=state.step + 1)
     state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, skipped)
     scalars = {
