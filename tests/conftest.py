@@ -69,13 +69,15 @@ def pytest_configure(config):
 
 
 PROCESS_FIXTURES = {"tiny_ct_cnn_command", "host_devices_env"}  # tests that start processes
+RUN_FIXTURES = {"run_main", "finished_tiny_run", "tiny_ensemble"}  # trainings, runs of main
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
     """Marks slow, besides the tests decorated so, every test that starts `python -m
-    medjax.main` or a script with several host devices through the fixtures below (before -m
-    selects by marks).
+    medjax.main` or a script with several host devices, or runs medjax.main or starts from a
+    finished training in this process, through the fixtures below (before -m selects by marks):
+    the fast tier is the numerics.
 
     In an xdist worker, then puts the selected tests that start processes first, then the other
     slow ones, then the rest, each group in file order: `--dist worksteal` (pyproject's addopts)
@@ -84,7 +86,7 @@ def pytest_collection_modifyitems(config, items):
     workers' ends (`--dist loadfile` handed out whole files, those with the most tests first,
     which put the few long ones last)."""
     for item in items:
-        if PROCESS_FIXTURES & set(item.fixturenames):
+        if (PROCESS_FIXTURES | RUN_FIXTURES) & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
     result = yield
     if hasattr(config, "workerinput"):

@@ -124,6 +124,7 @@ def test_statistics_are_fitted_on_training_stays_only(tmp_path, monkeypatch, tes
         np.testing.assert_array_equal(getattr(before, field.name), getattr(after, field.name))
 
 
+@pytest.mark.slow  # trains
 def test_train_on_two_sets_and_test_on_a_third(tiny, tmp_path):
     config = tiny("ehr_physionet")
     config.data.update(dir=write_sets(tmp_path / "sets"), train_sets="a,b", test_set="c")
