@@ -41,27 +41,45 @@ from ml_collections import config_flags
 from medjax import workdir_lock, xla_cpu
 from medjax.errors import ConfigError, NonFiniteError, Preempted
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics, plots and the report.")
-flags.DEFINE_enum(
-    "mode",
-    "train",
-    ["train", "evaluate", "explain", "predict", "export", "ensemble"],
-    "What to do with the workdir.",
-)
-flags.DEFINE_enum(
-    "split", "test", ["train", "val", "test"], "The split evaluate/explain/ensemble use."
-)
-flags.DEFINE_list("members", [], "--mode=ensemble: the finished workdirs to average, a,b,c.")
-flags.DEFINE_bool(
-    "allow_config_change", False, "Resume although the config or data differ from the checkpoint's."
-)
-flags.DEFINE_bool("debug", False, "Show the traceback of an error medjax reports in one line.")
-flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (several hosts).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (several hosts).")
-flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
-flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS  # the flags main reads: absl's, or a FlagValues of a caller's (the tests)
+
+
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """Defines medjax.main's flags on `flag_values` (importing medjax.main defines none)."""
+    config_flags.DEFINE_config_file(
+        "config", None, "Path to a config file.", lock_config=True, flag_values=flag_values
+    )
+    on = {"flag_values": flag_values}
+    flags.DEFINE_string(
+        "workdir", None, "Folder for checkpoints, metrics, plots and the report.", **on
+    )
+    flags.DEFINE_enum(
+        "mode",
+        "train",
+        ["train", "evaluate", "explain", "predict", "export", "ensemble"],
+        "What to do with the workdir.",
+        **on,
+    )
+    flags.DEFINE_enum(
+        "split", "test", ["train", "val", "test"], "The split evaluate/explain/ensemble use.",
+        **on,
+    )  # fmt: skip
+    flags.DEFINE_list(
+        "members", [], "--mode=ensemble: the finished workdirs to average, a,b,c.", **on
+    )
+    flags.DEFINE_bool(
+        "allow_config_change", False,
+        "Resume although the config or data differ from the checkpoint's.", **on,
+    )  # fmt: skip
+    flags.DEFINE_bool(
+        "debug", False, "Show the traceback of an error medjax reports in one line.", **on
+    )
+    flags.DEFINE_string(
+        "coordinator_address", None, "HOST:PORT of process 0 (several hosts).", **on
+    )
+    flags.DEFINE_integer("num_processes", None, "Number of processes (several hosts).", **on)
+    flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).", **on)
+    flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -193,5 +211,11 @@ def _run_mode() -> None:
         train.train_run(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """`python -m medjax.main`: main's flags on absl's FLAGS, then main."""
+    define_flags(FLAGS)
     app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run()

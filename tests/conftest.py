@@ -1,7 +1,6 @@
 """Shared test helpers: tiny configs that run end to end in seconds."""
 
 import atexit
-import contextlib
 import importlib
 import json
 import os
@@ -230,73 +229,33 @@ def x64():
     jax.config.update("jax_enable_x64", previous)
 
 
-_REGISTRY = ("__flags", "__hiddenflags", "__flags_by_module", "__flags_by_module_id",
-             "__key_flags_by_module")  # fmt: skip
-_MAIN_FLAGS = {}  # medjax.main's absl flags, by name, once imported
-
-
-@contextlib.contextmanager
-def _flags_of_medjax_main():
-    """absl's global FLAGS with medjax.main's flags, unparsed, in place of flags of the same
-    names other modules define (experiments/*.py, which tests run with runpy); afterwards FLAGS
-    are as they were, without the --config.KEY flags that parsing a config defines."""
-    from absl import app, flags  # noqa: F401  (defined before the registry is emptied)
-    from ml_collections import config_flags  # noqa: F401
-
-    def copied(registry):  # the containers copied, the Flag objects shared
-        return {
-            "__flags": dict(registry["__flags"]),
-            "__hiddenflags": set(registry["__hiddenflags"]),
-            **{key: {k: list(v) for k, v in registry[key].items()} for key in _REGISTRY[2:]},
-        }
-
-    values = flags.FLAGS.__dict__
-    saved = copied(values)
-    parsed = flags.FLAGS.is_parsed()
-    try:
-        if not _MAIN_FLAGS:
-            if "medjax.main" in sys.modules:  # imported elsewhere: its flags are registered
-                defined = saved["__flags_by_module"].get("medjax.main", [])
-                _MAIN_FLAGS.update((f.name, f) for f in defined)
-            else:  # defined in an empty registry, where no other module's flag is in the way
-                values.update({key: type(saved[key])() for key in _REGISTRY})
-                importlib.import_module("medjax.main")
-                _MAIN_FLAGS.update(flags.FLAGS._flags())
-                values.update(copied(saved))
-        for name, flag in _MAIN_FLAGS.items():
-            flag.unparse()
-            flags.FLAGS._flags()[name] = flag
-        yield
-    finally:
-        values.update(saved)
-        values["__flags_parsed"] = parsed
-
-
 @pytest.fixture
 def run_main(monkeypatch, capfd):
     """run_main(*args) -> (exit status, stderr): `python -m medjax.main ARGS` from the repository
     root, run in this process (a new process would only add the imports of TensorFlow and JAX)
-    on its one CPU device. An exception medjax.main lets through (a traceback) fails the test."""
+    on its one CPU device, with its flags on a FlagValues of their own. An exception
+    medjax.main lets through (a traceback) fails the test."""
     import jax
-    from absl import app
+    from absl import flags
+
+    from medjax import main
 
     def run(*args):
         assert jax.device_count() == 1, "the command runs on 1 device here"
         argv = [os.path.join(REPO, "medjax", "main.py"), *args]
         monkeypatch.chdir(REPO)
         monkeypatch.setattr(sys, "argv", argv)  # where ml_collections reads --config.KEY
-        # app.run's one-time set-up (logging handler, process name) is not this process's.
-        monkeypatch.setattr(app._run_init, "done", True)
+        flag_values = flags.FlagValues()
+        main.define_flags(flag_values)
+        monkeypatch.setattr(main, "FLAGS", flag_values)
         capfd.readouterr()
-        with _flags_of_medjax_main():
-            main = sys.modules["medjax.main"]
-            try:
-                app.run(main.main, argv=argv, flags_parser=main.parse_flags)
-                status = 0
-            except SystemExit as e:  # as the interpreter reports it
-                status = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
-                if not isinstance(e.code, int | None):
-                    print(e.code, file=sys.stderr)
+        try:
+            main.main(main.parse_flags(argv))
+            status = 0
+        except SystemExit as e:  # as the interpreter reports it
+            status = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+            if not isinstance(e.code, int | None):
+                print(e.code, file=sys.stderr)
         return status, capfd.readouterr().err
 
     return run

@@ -140,7 +140,7 @@ def test_acs_resnet_has_2d_kernels_and_the_full_resnets_outputs_shape():
     full = models.create("resnet18", **kwargs)
 
     def kernel_shapes(model):
-        params = model.init(jax.random.key(0), x, train=False)["params"]
+        params = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))["params"]
         flat = jax.tree_util.tree_flatten_with_path(params)[0]
         return {jax.tree_util.keystr(path): k.shape for path, k in flat if k.ndim > 2}
 
@@ -149,8 +149,8 @@ def test_acs_resnet_has_2d_kernels_and_the_full_resnets_outputs_shape():
     for name, shape in acs_shapes.items():  # 3x3x3 -> 3x3; the 1x1x1 projections stay
         assert shape == (full_shapes[name][1:] if "proj" not in name else full_shapes[name])
     assert {len(s) for n, s in acs_shapes.items() if "proj" not in n} == {4}
-    variables = acs.init(jax.random.key(0), x, train=False)
-    assert acs.apply(variables, x, train=False).shape == (2, 3)
+    logits = jax.jit(lambda x: acs.init_with_output(jax.random.key(0), x, train=False)[0])(x)
+    assert logits.shape == (2, 3) and np.all(np.isfinite(logits))
     with pytest.raises(ConfigError, match="model.conv3d='axial' must be one of 'full', 'acs'"):
         models.create("resnet18", conv3d="axial", **kwargs)
 

@@ -218,7 +218,6 @@ def test_bad_data_is_named_and_nothing_is_written(tmp_path, run_main, make, args
 DISK_FULL_ON_SECOND_SAVE = """
 import errno, sys
 import orbax.checkpoint as ocp
-from absl import app
 from medjax import main
 
 save, calls = ocp.CheckpointManager.save, []
@@ -231,7 +230,7 @@ def save_until_the_disk_is_full(self, step, *args, **kwargs):
 
 ocp.CheckpointManager.save = save_until_the_disk_is_full
 sys.argv[0] = "medjax.main"
-app.run(main.main, flags_parser=main.parse_flags)
+main.run()
 """
 
 
