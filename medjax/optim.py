@@ -18,10 +18,6 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, num_train_steps: int)
 
     The decay ends at `learning_rate * end_learning_rate_factor` at `num_train_steps`.
     """
-    if opt.schedule not in SCHEDULES:
-        raise ConfigError(
-            f"unknown optimizer.schedule {opt.schedule!r}; valid: {', '.join(SCHEDULES)}"
-        )
     if not 0 <= opt.warmup_steps < num_train_steps:
         raise ConfigError(
             f"optimizer.warmup_steps={opt.warmup_steps} must be in [0, "

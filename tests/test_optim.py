@@ -5,7 +5,7 @@ import pytest
 
 from medjax import optim
 from medjax.errors import ConfigError
-from medjax.settings import defaults
+from medjax.settings import defaults, rules
 
 
 def _opt(**overrides):
@@ -34,8 +34,9 @@ def test_schedule_closed_form(schedule):
 
 
 def test_bad_schedule_and_warmup():
-    with pytest.raises(ConfigError, match="unknown optimizer.schedule 'step'"):
-        optim.learning_rate_schedule(_opt(schedule="step"), 100)
+    assert rules.violations({"optimizer.schedule": "step"}) == [
+        "optimizer.schedule='step' must be one of 'cosine', 'linear', 'constant'"
+    ]
     with pytest.raises(ConfigError, match="warmup_steps=100 must be in"):
         optim.learning_rate_schedule(_opt(warmup_steps=100), 100)
     with pytest.raises(ConfigError, match="unknown optimizer.name 'lion'"):
