@@ -52,7 +52,7 @@ class Row:
     split: str  # "" when labels.csv has no split column
 
 
-def ct_folder_dataset(data: ml_collections.ConfigDict) -> ImageDataset:
+def build(data: ml_collections.ConfigDict) -> ImageDataset:
     """The scans of data.dir as an ImageDataset of HU volumes [N, D, H, W], split by patient."""
     if not data.dir:
         raise ConfigError(

@@ -6,9 +6,9 @@ Images (tasks classification and vae): `image` [b, *image_shape] (one channel) o
 [b, *image_shape, C]; float32 Hounsfield units windowed by data.window_center and
 data.window_width to [-1, 1] (transforms.window), or uint8 0..255 scaled to [-1, 1]
 (transforms.scale_uint8).
-ICU stays (task ehr): the stays on the time grid (icu_series.grid): `values` in the variables'
-own units, `mask`, `delta` [b, T, V], `lengths` [b] and `descriptors` [b, 5] (NaN unknown),
-normalised with the training split's statistics and imputed as icu_series.load does.
+ICU stays (task ehr): the stays on the time grid (SeriesDataset.load_split): `values` in the
+variables' own units, `mask`, `delta` [b, T, V], `lengths` [b] and `descriptors` [b, 5] (NaN
+unknown), normalised with the training split's statistics and imputed as icu_series.load does.
 """
 
 import dataclasses
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from medjax.data import icu_series, image_dataset, physionet2012
+from medjax.data import icu_series, image_dataset, physionet2012, series_dataset
 from medjax.errors import ConfigError
 from medjax.tasks import ehr
 
@@ -128,10 +128,10 @@ def _stays(data: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict)
         return {"values": values, "mask": mask, "delta": raw["delta"],
                 "lengths": raw["lengths"], "static": static}  # fmt: skip
 
+    dataset = series_dataset(data)
+
     def load_split(split):
-        records, labels = icu_series.split_records(data)[0][split]
-        gridded = icu_series.grid(records, labels, data)
-        return {name: gridded[name] for name in STAY_INPUTS}
+        return {name: dataset.load_split(split)[name] for name in STAY_INPUTS}
 
     return RawInputs(
         specs={name: (series, "float32") for name in STAY_INPUTS[:3]}
