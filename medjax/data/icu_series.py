@@ -22,6 +22,7 @@ from medjax.data.dataset import SPLITS
 from medjax.errors import ConfigError
 
 IMPUTATIONS = ("zero", "forward_fill")
+INPUTS = ("values", "mask", "delta", "lengths", "static")  # what a model reads of a split
 # Heavy-tailed labs and urine output are standardised on a log scale (log1p; all are >= 0), so
 # that a few extreme values (ALT of 10^4 IU/L) do not dominate their variable's statistics.
 LOG_SCALE = ("ALP", "ALT", "AST", "Bilirubin", "BUN", "Creatinine", "Glucose", "Lactate",

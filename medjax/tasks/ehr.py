@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
 from medjax import explain, losses, models
-from medjax.data import icu_series, physionet2012, pipeline
+from medjax.data import icu_series, physionet2012, series_pipelines
+from medjax.data.icu_series import INPUTS
 from medjax.errors import ConfigError
 from medjax.stats import metrics, subgroups
 from medjax.tasks import scoring
@@ -17,11 +17,9 @@ from medjax.tasks.task import (
     Task,
     compute_dtype,
     concrete_as_numpy,
-    config_train_batches,
     fingerprint,
 )
 
-INPUTS = ("values", "mask", "delta", "lengths", "static")
 CLASS_NAMES = ("survived", "in-hospital death")
 
 
@@ -42,8 +40,8 @@ def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict
         eval_outputs_fn=eval_outputs,
         compute_metrics=compute_metrics,
         metric_intervals=scoring.binary_intervals,
-        train_batches=functools.partial(train_batches, config, dataset),
-        eval_batches=functools.partial(eval_batches, config, dataset),
+        train_batches=functools.partial(series_pipelines.train_batches, config, dataset),
+        eval_batches=functools.partial(series_pipelines.eval_batches, config, dataset),
         write_outputs=functools.partial(write_outputs, dataset=dataset),
         prediction_table=lambda split, gathered: scoring.prediction_table(
             gathered, dataset.splits[split]["ids"]
@@ -83,35 +81,6 @@ def _model(config: ml_collections.ConfigDict, example: dict):
 
 def model_inputs(batch):
     return {k: batch[k] for k in INPUTS}
-
-
-def _tensors(dataset, split: str) -> dict[str, tf.Tensor]:
-    arrays = dataset.splits[split]
-    return {"label": tf.constant(arrays["labels"])} | {k: tf.constant(arrays[k]) for k in INPUTS}
-
-
-def train_batches(config, dataset, start_step: int):
-    """This process's training batches from step `start_step` on (see pipeline)."""
-    data = _tensors(dataset, "train")
-    labels = dataset.splits["train"]["labels"]
-
-    def load(index, seed):
-        del seed  # no augmentation
-        return {k: tf.gather(v, index) for k, v in data.items()}
-
-    return config_train_batches(config, labels, load, start_step)
-
-
-def eval_batches(config, dataset, split: str):
-    """This process's batches of `split`, every stay once, padded (`valid`)."""
-    data = _tensors(dataset, split)
-    return pipeline.eval_batches(
-        len(dataset.splits[split]["labels"]),
-        lambda i: {k: tf.gather(v, i) for k, v in data.items()},
-        global_batch_size=config.trainer.eval_batch_size,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
 
 
 def loss(outputs, batch, step, *, positive_weight, focal_gamma, per_step_weight):

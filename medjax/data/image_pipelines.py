@@ -1,9 +1,8 @@
 """Images as a task's data: tf.data pipelines of windowed (CT) or scaled (uint8) images with
-labels, split sizes and fingerprints; shared by the classification and VAE tasks."""
+labels, split sizes and fingerprints; shared by the image tasks."""
 
 import functools
 
-import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
@@ -118,18 +117,7 @@ def eval_batches(config, dataset, split: str):
             "label": tf.gather(labels, index),
         }
 
-    return config_eval_batches(config, len(arrays["labels"]), load)
-
-
-def config_eval_batches(config, size: int, load):
-    """This process's share of `size` examples `load`ed once each, in evaluation batches."""
-    return pipeline.eval_batches(
-        size,
-        load,
-        global_batch_size=config.trainer.eval_batch_size,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
+    return pipeline.config_eval_batches(config, len(arrays["labels"]), load)
 
 
 def _with_channels(pixels, dataset):
