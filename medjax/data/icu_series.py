@@ -87,13 +87,13 @@ _GENDER = physionet2012.DESCRIPTORS.index("Gender")
 _ICU_TYPE = physionet2012.DESCRIPTORS.index("ICUType")
 
 
-def log_scaled(values: np.ndarray) -> np.ndarray:
+def log_scaled(values, xp=np):
     """Gridded values [..., V] with the LOG_SCALE variables log1p'd."""
-    return np.where(_LOG_SCALE, np.log1p(values), values)
+    return xp.where(_LOG_SCALE, xp.log1p(values), values)
 
 
 def fit_normalizer(train: dict[str, np.ndarray]) -> Normalizer:
-    """The Normalizer of a (gridded, `grid`) training split."""
+    """The Normalizer of a training split (SeriesDataset.load_split's arrays)."""
     mean, std = time_grid.fit_normalizer(log_scaled(train["values"]), train["mask"])
     numeric = train["descriptors"][:, _NUMERIC]
     return Normalizer(mean, std, np.nanmean(numeric, 0), np.nanstd(numeric, 0) + 1e-6)
@@ -104,25 +104,32 @@ def training_normalizer(data: ml_collections.ConfigDict) -> Normalizer:
     return fit_normalizer(series_dataset(data).load_split("train"))
 
 
-def _prepare(arrays, normalizer: Normalizer, imputation):
-    mask, mean, std = arrays["mask"], normalizer.mean, normalizer.std
-    values = log_scaled(arrays["values"])
-    values = np.where(mask > 0, (values - mean) / std, 0.0).astype(np.float32)
+def model_inputs(raw, normalizer: Normalizer, imputation: str, xp=np) -> dict:
+    """The model inputs (INPUTS) of stays on the time grid, `raw`: `values`, `mask`, `delta`
+    [N, T, V], `lengths` [N] and `descriptors` [N, 5] as SeriesDataset.load_split gives them
+    (and an exported model takes them), normalised with `normalizer` and imputed. `xp` is the
+    array module: numpy for a dataset's splits (load), jax.numpy inside an exported model."""
+    mask = raw["mask"]
+    values = log_scaled(raw["values"], xp)
+    values = xp.where(mask > 0, (values - normalizer.mean) / normalizer.std, 0.0)
+    values = values.astype(xp.float32)
     if imputation == "forward_fill":
-        values = _forward_fill(values, mask)
-    descriptors = arrays["descriptors"]
+        values = _forward_fill(values, mask, xp)
+    descriptors = raw["descriptors"]
     numeric = (descriptors[:, _NUMERIC] - normalizer.static_mean) / normalizer.static_std
     gender = descriptors[:, [_GENDER]]
-    icu_type = descriptors[:, _ICU_TYPE][:, None] == np.arange(1, 5)[None]
-    static = np.concatenate(
-        [np.nan_to_num(numeric), np.nan_to_num(gender, nan=0.5), icu_type], axis=1
-    ).astype(np.float32)
+    icu_type = descriptors[:, _ICU_TYPE][:, None] == xp.arange(1, 5)[None]
+    static = xp.concatenate(
+        [xp.nan_to_num(numeric), xp.nan_to_num(gender, nan=0.5), icu_type], axis=1
+    ).astype(xp.float32)
+    return {"values": values, "mask": mask, "delta": raw["delta"], "lengths": raw["lengths"],
+            "static": static}  # fmt: skip
+
+
+def _prepare(arrays, normalizer: Normalizer, imputation):
+    descriptors = arrays["descriptors"]
     return {
-        "values": values,
-        "mask": mask,
-        "delta": arrays["delta"],
-        "lengths": arrays["lengths"],
-        "static": static,
+        **model_inputs(arrays, normalizer, imputation),
         "labels": arrays["labels"],
         "ids": arrays["ids"],
         # Raw descriptors for subgroup metrics (NaN: not recorded); not model inputs.
@@ -132,9 +139,9 @@ def _prepare(arrays, normalizer: Normalizer, imputation):
     }
 
 
-def _forward_fill(values, mask):
+def _forward_fill(values, mask, xp=np):
     """Carries each variable's last observed value forward along time (axis 1)."""
-    steps = np.arange(values.shape[1])[None, :, None]
-    last = np.maximum.accumulate(np.where(mask > 0, steps, -1), axis=1)
-    filled = np.take_along_axis(values, np.maximum(last, 0), axis=1)
-    return np.where(last >= 0, filled, 0.0).astype(np.float32)
+    steps = xp.arange(values.shape[1])[None, :, None]
+    last = xp.maximum.accumulate(xp.where(mask > 0, steps, -1), axis=1)
+    filled = xp.take_along_axis(values, xp.maximum(last, 0), axis=1)
+    return xp.where(last >= 0, filled, 0.0).astype(xp.float32)

@@ -6,6 +6,7 @@ import functools
 import ml_collections
 import numpy as np
 import tensorflow as tf
+import tensorflow.experimental.numpy as tnp
 
 from medjax.data import pipeline, transforms
 from medjax.data.dataset import SPLITS
@@ -81,7 +82,7 @@ def augmented_view(config, dataset, images: tf.Tensor):
     augment, background = config.data.augment, background_of(dataset)
 
     def view(index, seed):
-        image = _with_channels(tf.gather(images, index), dataset)
+        image = with_channels(tf.gather(images, index), dataset)
         if augment.enabled:
             image = transforms.augment(
                 image,
@@ -111,7 +112,7 @@ def eval_batches(config, dataset, split: str):
     images, labels = tf.constant(arrays["images"]), tf.constant(arrays["labels"])
 
     def load(index):
-        image = _with_channels(tf.gather(images, index), dataset)
+        image = with_channels(tf.gather(images, index), dataset)
         return {
             "image": model_input(image, dataset, config.data),
             "label": tf.gather(labels, index),
@@ -120,7 +121,8 @@ def eval_batches(config, dataset, split: str):
     return pipeline.config_eval_batches(config, len(arrays["labels"]), load)
 
 
-def _with_channels(pixels, dataset):
+def with_channels(pixels, dataset):
+    """Images [N, *image_shape] of one channel with their channel axis; others as they are."""
     return pixels if dataset.channels > 1 else pixels[..., None]
 
 
@@ -129,11 +131,12 @@ def background_of(dataset) -> float:
     return -1000.0 if dataset.intensity == "hu" else 0.0
 
 
-def model_input(image: tf.Tensor, dataset, data: ml_collections.ConfigDict) -> tf.Tensor:
-    """Raw pixels (HU or 0..255) -> the model's input in [-1, 1]: windowed CT or scaled uint8."""
+def model_input(image, dataset, data: ml_collections.ConfigDict, xp=tnp):
+    """Raw pixels (HU or 0..255) -> the model's input in [-1, 1]: windowed CT or scaled uint8,
+    computed with the array module `xp` (transforms)."""
     if dataset.intensity == "hu":
-        return transforms.window(image, data.window_center, data.window_width)
-    return transforms.scale_uint8(image)
+        return transforms.window(image, data.window_center, data.window_width, xp)
+    return transforms.scale_uint8(image, xp)
 
 
 def is_normal(labels: np.ndarray) -> np.ndarray:

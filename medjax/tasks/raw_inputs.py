@@ -1,6 +1,7 @@
-"""Each task's raw inputs, as the data readers deliver them, and the jax.numpy function that
-turns them into the batch the task's model inputs are made from, as its tf.data pipeline does:
-the preprocessing an exported model carries (medjax.train.export).
+"""Each task's raw inputs, as the data readers deliver them, and the function that turns them
+into the batch the task's model inputs are made from: the preprocessing of its tf.data pipeline
+(medjax.data.transforms, icu_series.model_inputs) in jax.numpy, which an exported model
+carries (medjax.train.export).
 
 Images (tasks classification and vae): `image` [b, *image_shape] (one channel) or
 [b, *image_shape, C]; float32 Hounsfield units windowed by data.window_center and
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from medjax.data import icu_series, image_dataset, physionet2012, series_dataset
+from medjax.data import icu_series, image_dataset, image_pipelines, physionet2012, series_dataset
 from medjax.errors import ConfigError
 from medjax.tasks import ehr
 
@@ -65,14 +66,10 @@ def _images(data: ml_collections.ConfigDict) -> RawInputs:
     dataset = image_dataset(data)
     shape = (*dataset.image_shape, *((dataset.channels,) if dataset.channels > 1 else ()))
     hounsfield = dataset.intensity == "hu"
-    low, width = data.window_center - data.window_width / 2, data.window_width
 
-    def to_batch(raw):
-        image = raw["image"].astype(jnp.float32)
-        image = image if dataset.channels > 1 else image[..., None]
-        if hounsfield:  # as transforms.window
-            return {"image": jnp.clip((image - low) / width, 0.0, 1.0) * 2.0 - 1.0}
-        return {"image": image / 127.5 - 1.0}  # as transforms.scale_uint8
+    def to_batch(raw):  # as the image pipelines' eval batches
+        image = image_pipelines.with_channels(raw["image"], dataset)
+        return {"image": image_pipelines.model_input(image, dataset, data, xp=jnp)}
 
     contract = {"image": "uint8 pixels 0..255" if not hounsfield else (
         f"Hounsfield units, windowed inside (center {data.window_center:g}, width "
@@ -101,32 +98,9 @@ def _stays(data: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict)
     normalizer = icu_series.training_normalizer(fit_data)
     steps, variables = round(data.hours / data.step_hours), len(physionet2012.VARIABLES)
     series = (steps, variables)
-    log_scale = jnp.asarray(np.isin(physionet2012.VARIABLES, icu_series.LOG_SCALE))
-    numeric = [physionet2012.DESCRIPTORS.index(d) for d in icu_series.STATIC_NUMERIC]
-    gender = physionet2012.DESCRIPTORS.index("Gender")
-    icu_type = physionet2012.DESCRIPTORS.index("ICUType")
 
-    def to_batch(raw):  # as icu_series._prepare
-        mask = raw["mask"]
-        values = jnp.where(log_scale, jnp.log1p(raw["values"]), raw["values"])
-        values = jnp.where(mask > 0, (values - normalizer.mean) / normalizer.std, 0.0)
-        if data.imputation == "forward_fill":
-            at = jnp.arange(steps)[None, :, None]
-            last = jax.lax.cummax(jnp.where(mask > 0, at, -1), axis=1)
-            filled = jnp.take_along_axis(values, jnp.maximum(last, 0), axis=1)
-            values = jnp.where(last >= 0, filled, 0.0)
-        descriptors = raw["descriptors"]
-        standard = (descriptors[:, numeric] - normalizer.static_mean) / normalizer.static_std
-        static = jnp.concatenate(
-            [
-                jnp.nan_to_num(standard),
-                jnp.nan_to_num(descriptors[:, [gender]], nan=0.5),
-                descriptors[:, icu_type][:, None] == jnp.arange(1, 5)[None],
-            ],
-            axis=1,
-        ).astype(jnp.float32)
-        return {"values": values, "mask": mask, "delta": raw["delta"],
-                "lengths": raw["lengths"], "static": static}  # fmt: skip
+    def to_batch(raw):  # as icu_series.load
+        return icu_series.model_inputs(raw, normalizer, data.imputation, xp=jnp)
 
     dataset = series_dataset(data)
 
