@@ -17,8 +17,8 @@ import dataclasses
 import ml_collections
 import numpy as np
 
-from medjax.data import physionet2012, series_dataset, time_grid
-from medjax.data.dataset import SPLITS
+from medjax.data import series_dataset, time_grid
+from medjax.data.dataset import SPLITS, SeriesDataset
 from medjax.errors import ConfigError
 
 IMPUTATIONS = ("zero", "forward_fill")
@@ -27,14 +27,17 @@ INPUTS = ("values", "mask", "delta", "lengths", "static")  # what a model reads 
 # that a few extreme values (ALT of 10^4 IU/L) do not dominate their variable's statistics.
 LOG_SCALE = ("ALP", "ALT", "AST", "Bilirubin", "BUN", "Creatinine", "Glucose", "Lactate",
              "TroponinI", "TroponinT", "Urine", "WBC")  # fmt: skip
-_LOG_SCALE = np.isin(physionet2012.VARIABLES, LOG_SCALE)
+STATIC_NUMERIC = ("Age", "Height", "Weight")  # standardised; Gender and ICUType are categories
 
 
 @dataclasses.dataclass(frozen=True)
 class Normalizer:
-    """Statistics fitted on a training split: the per-variable mean and std [V] of the observed
-    values (LOG_SCALE ones log1p'd), and the mean and std [3] of the STATIC_NUMERIC descriptors."""
+    """Statistics fitted on a training split, of the variables and descriptors its dataset
+    names: the per-variable mean and std [V] of the observed values (LOG_SCALE ones log1p'd),
+    and the mean and std [3] of the STATIC_NUMERIC descriptors."""
 
+    variables: tuple[str, ...]
+    descriptors: tuple[str, ...]
     mean: np.ndarray
     std: np.ndarray
     static_mean: np.ndarray
@@ -43,10 +46,15 @@ class Normalizer:
 
 @dataclasses.dataclass(frozen=True)
 class EHRDataset:
+    """A SeriesDataset's splits as model inputs (INPUTS, with `labels`, `ids` and the raw `age`,
+    `gender` and `icu_type` for subgroups), and the names of its variables and classes."""
+
     name: str
     splits: dict[str, dict[str, np.ndarray]]
     description: str
     normalizer: Normalizer
+    variables: tuple[str, ...]
+    class_names: tuple[str, ...]
 
 
 def load(
@@ -65,7 +73,7 @@ def load(
         normalizer = training_normalizer(fit_data)
         description += f"; normalised with the training split of {fit_data.name} {fit_data.dir}"
     else:
-        normalizer = fit_normalizer(gridded["train"])
+        normalizer = fit_normalizer(dataset)
     prepared = {
         split: _prepare(arrays, normalizer, data.imputation) for split, arrays in gridded.items()
     }
@@ -77,48 +85,54 @@ def load(
         description=f"{description}: {sizes} train/val/test stays, deaths {rates}; "
         f"{data.hours:g} h at {data.step_hours:g} h steps, imputation {data.imputation}",
         normalizer=normalizer,
+        variables=dataset.variables,
+        class_names=dataset.class_names,
     )
 
 
-STATIC_NUMERIC = ("Age", "Height", "Weight")  # standardised; Gender and ICUType are categories
-_NUMERIC = [physionet2012.DESCRIPTORS.index(d) for d in STATIC_NUMERIC]
-_AGE = physionet2012.DESCRIPTORS.index("Age")
-_GENDER = physionet2012.DESCRIPTORS.index("Gender")
-_ICU_TYPE = physionet2012.DESCRIPTORS.index("ICUType")
+def log_scaled(values, variables: tuple[str, ...], xp=np):
+    """Gridded values [..., V] of `variables` with the LOG_SCALE ones log1p'd."""
+    return xp.where(np.isin(variables, LOG_SCALE), xp.log1p(values), values)
 
 
-def log_scaled(values, xp=np):
-    """Gridded values [..., V] with the LOG_SCALE variables log1p'd."""
-    return xp.where(_LOG_SCALE, xp.log1p(values), values)
-
-
-def fit_normalizer(train: dict[str, np.ndarray]) -> Normalizer:
-    """The Normalizer of a training split (SeriesDataset.load_split's arrays)."""
-    mean, std = time_grid.fit_normalizer(log_scaled(train["values"]), train["mask"])
-    numeric = train["descriptors"][:, _NUMERIC]
-    return Normalizer(mean, std, np.nanmean(numeric, 0), np.nanstd(numeric, 0) + 1e-6)
+def fit_normalizer(dataset: SeriesDataset) -> Normalizer:
+    """The Normalizer of `dataset`'s training split."""
+    train = dataset.load_split("train")
+    values = log_scaled(train["values"], dataset.variables)
+    mean, std = time_grid.fit_normalizer(values, train["mask"])
+    numeric = train["descriptors"][:, [dataset.descriptors.index(d) for d in STATIC_NUMERIC]]
+    return Normalizer(
+        dataset.variables,
+        dataset.descriptors,
+        mean,
+        std,
+        np.nanmean(numeric, 0),
+        np.nanstd(numeric, 0) + 1e-6,
+    )
 
 
 def training_normalizer(data: ml_collections.ConfigDict) -> Normalizer:
     """The Normalizer of the training split of the dataset `data` names."""
-    return fit_normalizer(series_dataset(data).load_split("train"))
+    return fit_normalizer(series_dataset(data))
 
 
 def model_inputs(raw, normalizer: Normalizer, imputation: str, xp=np) -> dict:
     """The model inputs (INPUTS) of stays on the time grid, `raw`: `values`, `mask`, `delta`
-    [N, T, V], `lengths` [N] and `descriptors` [N, 5] as SeriesDataset.load_split gives them
-    (and an exported model takes them), normalised with `normalizer` and imputed. `xp` is the
-    array module: numpy for a dataset's splits (load), jax.numpy inside an exported model."""
-    mask = raw["mask"]
-    values = log_scaled(raw["values"], xp)
+    [N, T, V], `lengths` [N] and `descriptors` [N, D] of the normalizer's variables and
+    descriptors, as SeriesDataset.load_split gives them (and an exported model takes them),
+    normalised with `normalizer` and imputed. `xp` is the array module: numpy for a dataset's
+    splits (load), jax.numpy inside an exported model."""
+    mask, index = raw["mask"], normalizer.descriptors.index
+    values = log_scaled(raw["values"], normalizer.variables, xp)
     values = xp.where(mask > 0, (values - normalizer.mean) / normalizer.std, 0.0)
     values = values.astype(xp.float32)
     if imputation == "forward_fill":
         values = _forward_fill(values, mask, xp)
     descriptors = raw["descriptors"]
-    numeric = (descriptors[:, _NUMERIC] - normalizer.static_mean) / normalizer.static_std
-    gender = descriptors[:, [_GENDER]]
-    icu_type = descriptors[:, _ICU_TYPE][:, None] == xp.arange(1, 5)[None]
+    numeric = descriptors[:, [index(d) for d in STATIC_NUMERIC]]
+    numeric = (numeric - normalizer.static_mean) / normalizer.static_std
+    gender = descriptors[:, [index("Gender")]]
+    icu_type = descriptors[:, index("ICUType")][:, None] == xp.arange(1, 5)[None]
     static = xp.concatenate(
         [xp.nan_to_num(numeric), xp.nan_to_num(gender, nan=0.5), icu_type], axis=1
     ).astype(xp.float32)
@@ -127,15 +141,15 @@ def model_inputs(raw, normalizer: Normalizer, imputation: str, xp=np) -> dict:
 
 
 def _prepare(arrays, normalizer: Normalizer, imputation):
-    descriptors = arrays["descriptors"]
+    descriptors, index = arrays["descriptors"], normalizer.descriptors.index
     return {
         **model_inputs(arrays, normalizer, imputation),
         "labels": arrays["labels"],
         "ids": arrays["ids"],
         # Raw descriptors for subgroup metrics (NaN: not recorded); not model inputs.
-        "age": descriptors[:, _AGE].astype(np.float32),
-        "gender": descriptors[:, _GENDER].astype(np.float32),
-        "icu_type": descriptors[:, _ICU_TYPE].astype(np.float32),
+        "age": descriptors[:, index("Age")].astype(np.float32),
+        "gender": descriptors[:, index("Gender")].astype(np.float32),
+        "icu_type": descriptors[:, index("ICUType")].astype(np.float32),
     }
 
 

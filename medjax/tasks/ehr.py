@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 
 from medjax import explain, losses, models
-from medjax.data import icu_series, physionet2012, series_pipelines
+from medjax.data import icu_series, series_pipelines
 from medjax.data.icu_series import INPUTS
 from medjax.errors import ConfigError
 from medjax.stats import metrics, subgroups
@@ -19,8 +19,6 @@ from medjax.tasks.task import (
     concrete_as_numpy,
     fingerprint,
 )
-
-CLASS_NAMES = ("survived", "in-hospital death")
 
 
 def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict) -> Task:
@@ -136,7 +134,7 @@ def binary_scores(gathered):
 def write_outputs(workdir, split, gathered, variables, *, dataset):
     del variables
     ids = dataset.splits[split]["ids"]
-    scoring.write_class_outputs(workdir, split, gathered, ids, CLASS_NAMES, dataset.name)
+    scoring.write_class_outputs(workdir, split, gathered, ids, dataset.class_names, dataset.name)
     return {}
 
 
@@ -149,7 +147,7 @@ def explain_examples(model, dataset, plots_dir, split, variables, batch, setting
         variables,
         model_inputs(batch),
         dataset.splits[split]["ids"][batch["index"]],
-        physionet2012.VARIABLES,
+        dataset.variables,
         ig_steps=settings.ig_steps,
         suffix=split,
     )

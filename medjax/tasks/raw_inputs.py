@@ -8,7 +8,7 @@ Images (tasks classification and vae): `image` [b, *image_shape] (one channel) o
 data.window_width to [-1, 1] (transforms.window), or uint8 0..255 scaled to [-1, 1]
 (transforms.scale_uint8).
 ICU stays (task ehr): the stays on the time grid (SeriesDataset.load_split): `values` in the
-variables' own units, `mask`, `delta` [b, T, V], `lengths` [b] and `descriptors` [b, 5] (NaN
+variables' own units, `mask`, `delta` [b, T, V], `lengths` [b] and `descriptors` [b, D] (NaN
 unknown), normalised with the training split's statistics and imputed as icu_series.load does.
 """
 
@@ -20,9 +20,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from medjax.data import icu_series, image_dataset, image_pipelines, physionet2012, series_dataset
+from medjax.data import icu_series, image_dataset, image_pipelines, series_dataset
 from medjax.errors import ConfigError
-from medjax.tasks import ehr
 
 Arrays = dict[str, np.ndarray]
 
@@ -95,29 +94,27 @@ STAY_INPUTS = ("values", "mask", "delta", "lengths", "descriptors")
 
 
 def _stays(data: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict) -> RawInputs:
+    dataset = series_dataset(data)
     normalizer = icu_series.training_normalizer(fit_data)
-    steps, variables = round(data.hours / data.step_hours), len(physionet2012.VARIABLES)
-    series = (steps, variables)
+    series = (round(data.hours / data.step_hours), len(dataset.variables))
 
     def to_batch(raw):  # as icu_series.load
         return icu_series.model_inputs(raw, normalizer, data.imputation, xp=jnp)
-
-    dataset = series_dataset(data)
 
     def load_split(split):
         return {name: dataset.load_split(split)[name] for name in STAY_INPUTS}
 
     return RawInputs(
         specs={name: (series, "float32") for name in STAY_INPUTS[:3]}
-        | {"lengths": ((), "int32"), "descriptors": ((len(physionet2012.DESCRIPTORS),), "float32")},
+        | {"lengths": ((), "int32"), "descriptors": ((len(dataset.descriptors),), "float32")},
         to_batch=to_batch,
         load_split=load_split,
-        class_names=ehr.CLASS_NAMES,
+        class_names=dataset.class_names,
         multilabel=False,
         contract={
             "grid": {"hours": data.hours, "step_hours": data.step_hours},
-            "variables": list(physionet2012.VARIABLES),
-            "descriptors": list(physionet2012.DESCRIPTORS),
+            "variables": list(dataset.variables),
+            "descriptors": list(dataset.descriptors),
             "reader": "medjax.data.physionet2012.read_record, then "
             "medjax.data.time_grid.to_grid: values in the variables' own units, 0 where "
             "unobserved; descriptors NaN where unknown",
