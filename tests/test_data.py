@@ -2,7 +2,57 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from medjax.data import pipeline, synthetic_ct, transforms
+from medjax.data import (
+    DATASETS,
+    build_dataset,
+    image_dataset,
+    medmnist,
+    pipeline,
+    series_dataset,
+    synthetic_ct,
+    transforms,
+)
+from medjax.data.dataset import SPLITS, ImageDataset, SeriesDataset
+from medjax.errors import ConfigError
+from medjax.settings import defaults
+
+
+class TestDatasetsByName:
+    def test_one_mapping_holds_every_dataset(self):
+        names = {"synthetic_ct", "ct_folder", "synthetic_ehr", "physionet2012", *medmnist.NAMES}
+        assert set(DATASETS) == names
+        assert {"breastmnist", "pneumoniamnist_64", "nodulemnist3d_64"} <= names
+
+    def test_an_unknown_name_is_refused_listing_the_valid_ones(self):
+        config = defaults.get_config().data
+        config.name = "nosuch"
+        with pytest.raises(ConfigError) as raised:
+            build_dataset(config)
+        assert str(raised.value) == (
+            f"unknown dataset data.name='nosuch'; valid names: {', '.join(DATASETS)}"
+        )
+
+    def test_images_and_series_have_one_shape_and_each_task_refuses_the_other(self):
+        config = defaults.get_config().data
+        config.update(num_train=6, num_val=4, num_test=4, image_shape=(16, 16), hours=4.0)
+        images = image_dataset(config)
+        with pytest.raises(ConfigError, match="'synthetic_ct' is a dataset of images; the ehr"):
+            series_dataset(config)
+        config.name = "synthetic_ehr"
+        series = series_dataset(config)
+        with pytest.raises(ConfigError, match="'synthetic_ehr' is a dataset of ICU stays; this"):
+            image_dataset(config)
+        assert isinstance(images, ImageDataset) and isinstance(series, SeriesDataset)
+        for dataset, sizes in ((images, (6, 4, 4)), (series, (6, 4, 4))):
+            for split, size in zip(SPLITS, sizes):
+                arrays = dataset.load_split(split)
+                assert arrays["labels"].shape == (size,) and arrays["ids"].shape == (size,)
+                assert arrays["ids"].dtype.kind == "U"
+                assert dataset.load_split(split) is arrays  # cached
+            assert len(dataset.class_names) == 2 and dataset.description
+        train = series.load_split("train")
+        assert train["values"].shape == (6, 4, len(series.variables))
+        assert train["descriptors"].shape == (6, len(series.descriptors))
 
 
 class TestSyntheticCT:

@@ -56,8 +56,8 @@ def _run(*args, devices=1, python=("-m", "medjax.main")):
         ),
         (
             ["--config=configs/ct_cnn.py", "--config.data.name=nosuch"],
-            "unknown dataset data.name='nosuch'; valid names: synthetic_ct, ct_folder or a "
-            "MedMNIST name",
+            "unknown dataset data.name='nosuch'; valid names: synthetic_ct, ct_folder, "
+            "synthetic_ehr, physionet2012, pathmnist, pathmnist_64,",
         ),
         (
             # (the other splits small: the synthetic patients are drawn before the check)

@@ -332,59 +332,6 @@ def test_trains_end_to_end(tmp_path, name):
         assert (workdir / "plots" / "confusion_matrix.png").exists()
 
 
-def test_tfds_builder_matches_the_npz(tmp_path):
-    import tensorflow_datasets as tfds
-
-    from medjax.data import medmnist_tfds
-
-    _, arrays = write_npz(tmp_path, "dermamnist")
-    builder = medmnist_tfds.MedMNIST(config="dermamnist", data_dir=str(tmp_path / "cache"))
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path))
-    )
-    test = list(tfds.as_numpy(builder.as_dataset(split="test", shuffle_files=False)))
-    assert len(test) == 12
-    images = np.stack([e["image"] for e in test])
-    labels = np.array([e["label"] for e in test])
-    np.testing.assert_array_equal(np.sort(labels), np.sort(arrays["test_labels"].reshape(-1)))
-    assert images.shape == (12, 28, 28, 3) and images.dtype == np.uint8
-    assert builder.info.features["label"].names[4] == "melanoma"
-
-
-class TestTfdsBuilderDoesNotDownload:
-    @pytest.fixture(autouse=True)
-    def offline(self, monkeypatch):
-        def refuse(url, timeout):
-            raise AssertionError(f"the builder tried to download {url}")
-
-        monkeypatch.setattr(medmnist.urllib.request, "urlopen", refuse)
-
-    def prepare(self, tmp_path, manual_dir):
-        import tensorflow_datasets as tfds
-
-        from medjax.data import medmnist_tfds
-
-        builder = medmnist_tfds.MedMNIST(config="breastmnist", data_dir=str(tmp_path / "cache"))
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
-        )
-
-    def test_a_missing_file_is_named_not_fetched(self, tmp_path):
-        manual = tmp_path / "manual"
-        manual.mkdir()
-        write_npz(manual, "dermamnist")  # another dataset's file, not breastmnist's
-        with pytest.raises(ConfigError, match=r"breastmnist\.npz not found in .*zenodo"):
-            self.prepare(tmp_path, manual)
-        assert os.listdir(manual) == ["dermamnist.npz"]
-
-    def test_an_empty_manual_dir_gets_instructions_that_say_so(self, tmp_path):
-        (tmp_path / "manual").mkdir()
-        with pytest.raises(AssertionError, match="(?s)does not download.*zenodo") as error:
-            self.prepare(tmp_path, tmp_path / "manual")
-        assert "medmnist.read('DIR', '<name>')" in str(error.value)
-        assert os.listdir(tmp_path / "manual") == []
-
-
 def test_multilabel_selection_metrics_are_ones_it_computes(tmp_path):
     from medjax.tasks import build_task
 

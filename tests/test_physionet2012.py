@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medjax.data import physionet2012 as pn
-from medjax.data import physionet2012_tfds, time_grid
+from medjax.data import time_grid
 from medjax.errors import ConfigError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -387,35 +387,6 @@ class TestFitNormalizer:
         mean, std = time_grid.fit_normalizer(values, mask)
         np.testing.assert_allclose(mean, [2.0, 5.0])
         np.testing.assert_allclose(std, [np.std([1.0, 3.0, 2.0]), 1.0])  # constant -> std 1
-
-
-class TestTFDS:
-    def test_round_trip_equals_read_set(self, tmp_path):
-        directory = write_set(tmp_path / "files")
-        cache = str(tmp_path / "cache")
-        records, labels = physionet2012_tfds.load_set_tfds(directory, "a", data_dir=cache)
-        expected, expected_labels, _ = pn.read_set(directory, "a")
-        assert_records_equal(records, expected)
-        np.testing.assert_array_equal(labels, expected_labels)
-        assert labels.dtype == np.int32
-        assert os.path.isdir(os.path.join(cache, "physionet2012", "a", "1.0.0"))
-        # The second call reads the cache.
-        again, _ = physionet2012_tfds.load_set_tfds(directory, "a", data_dir=cache)
-        assert_records_equal(again, expected)
-        with pytest.raises(ConfigError, match="Outcomes-b.txt is missing"):
-            physionet2012_tfds.load_set_tfds(directory, "b", data_dir=cache)
-
-    def test_bad_file_raises_config_error_through_tfds(self, tmp_path):
-        directory = write_set(tmp_path, files={"100005.txt": RECORD_5 + "12:3x,HR,80\n"})
-        with pytest.raises(ConfigError, match=r'set-a/100005.txt line 5: "12:3x,HR,80"'):
-            physionet2012_tfds.load_set_tfds(directory, "a", data_dir=str(tmp_path / "cache"))
-
-    def test_default_cache_inside_writable_directory(self, tmp_path):
-        directory = write_set(tmp_path)
-        records, _ = physionet2012_tfds.load_set_tfds(directory, "a")
-        assert [r.record_id for r in records] == [100001, 100002]
-        assert os.path.isdir(os.path.join(directory, "tfds", "physionet2012", "a"))
-        assert pn.read_set(directory, "a")[2]["records"] == 2  # the cache does not disturb
 
 
 @pytest.mark.slow  # reads the real sets

@@ -1,140 +1,56 @@
-"""Datasets by name: each entry builds an `ImageDataset` from the `data` config."""
+"""Datasets by name: `DATASETS` maps each `data.name` to the function of the `data` config that
+builds the dataset, an ImageDataset or a SeriesDataset (medjax.data.dataset: one shape)."""
 
 import dataclasses
-import functools
+from collections.abc import Callable
 
 import ml_collections
 import numpy as np
 
-from medjax.data import medmnist, synthetic_ct
-from medjax.data.ct_folder import ct_folder_dataset
-from medjax.data.dataset import (
-    SPLITS,
-    ImageDataset,
-    fold_note,
-    fold_split,
-    folds_enabled,
-    stratified_split,
-)
+from medjax.data import ct_folder, medmnist, physionet2012_splits, synthetic_ct, synthetic_icu
+from medjax.data.dataset import Dataset, ImageDataset, SeriesDataset, stratified_split
 from medjax.errors import ConfigError
 
-
-def synthetic_ct_dataset(data: ml_collections.ConfigDict) -> ImageDataset:
-    sizes = {"train": data.num_train, "val": data.num_val, "test": data.num_test}
-
-    @functools.cache
-    def generated(split):
-        return synthetic_ct.generate(
-            sizes[split],
-            image_shape=data.image_shape,
-            seed=data.seed,
-            split=split,
-            positive_fraction=data.positive_fraction,
-        )
-
-    load_split = pooled_folds(generated, data) if folds_enabled(data) else generated
-
-    kind = "volumes" if len(data.image_shape) == 3 else "axial slices"
-    return ImageDataset(
-        name="synthetic_ct",
-        image_shape=tuple(data.image_shape),
-        num_classes=2,
-        class_names=("no suspicious nodule", "suspicious nodule"),
-        load_split=load_split,
-        description=(
-            f"synthetic chest CT {kind} of shape {tuple(data.image_shape)} (data seed "
-            f"{data.seed}); {sizes['train']}/{sizes['val']}/{sizes['test']} train/val/test "
-            f"patients, {data.positive_fraction:.0%} with a suspicious nodule{fold_note(data)}"
-        ),
-    )
+DATASETS: dict[str, Callable[[ml_collections.ConfigDict], Dataset]] = {
+    "synthetic_ct": synthetic_ct.build,
+    "ct_folder": ct_folder.build,
+    "synthetic_ehr": synthetic_icu.build,
+    "physionet2012": physionet2012_splits.build,
+    **dict.fromkeys(medmnist.NAMES, medmnist.build),
+}
 
 
-def pooled_folds(load_split, data: ml_collections.ConfigDict, splits=SPLITS):
-    """load_split over K-fold splits of all the examples of `load_split`'s `splits` pooled,
-    each example its own patient (`dataset.fold_split`)."""
-    parts = [load_split(split) for split in splits]
-    pooled = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
-    folds = dict(zip(("test", "val", "train"), fold_split(pooled["labels"], data)))
-
-    @functools.cache
-    def load_fold(split):
-        return {k: v[folds[split]] for k, v in pooled.items()}
-
-    return load_fold
-
-
-def medmnist_dataset(data: ml_collections.ConfigDict) -> ImageDataset:
-    """The MedMNIST dataset data.name from data.dir (downloaded there when absent).
-
-    With data.num_folds = K, K-fold cross-validation over the official train and val images
-    pooled (`fold_split`: fold data.fold is the run's test split), for choosing a recipe
-    without the official test split, which is dropped unread. MedMNIST distributes no patient
-    ids, so one patient's images may fall in two folds: a fold's figures serve to compare
-    recipes, not to report."""
-    base, size = medmnist.parse_name(data.name)
-    info = medmnist.INFO[base]
-    if folds_enabled(data) and info.multilabel:
+def build_dataset(data: ml_collections.ConfigDict) -> Dataset:
+    """The dataset named by `data.name`; raises ConfigError listing valid names."""
+    if data.name not in DATASETS:
         raise ConfigError(
-            f"data.num_folds={data.num_folds}: {data.name} is multi-label, and folds are dealt "
-            "within classes; use data.num_folds=0"
+            f"unknown dataset data.name={data.name!r}; valid names: {', '.join(DATASETS)}"
         )
-    if not data.dir:
-        raise ConfigError(
-            f"data.name={data.name} needs --config.data.dir=DIR, the folder that holds (or will "
-            f"hold) {medmnist.file_name(data.name)}"
-        )
-    splits = medmnist.read(data.dir, data.name, download=data.download)
-
-    @functools.cache  # the ids are built once per split, as the ImageDataset contract says
-    def load_split(split):
-        arrays = splits[split]
-        ids = np.array([f"{data.name}-{split}-{i}" for i in range(len(arrays["labels"]))])
-        return {**arrays, "ids": ids}
-
-    official = "official split"
-    if folds_enabled(data):
-        del splits["test"]
-        load_split = pooled_folds(load_split, data, ("train", "val"))
-        official = (
-            f"folds of the official train and val images{fold_note(data)}; official test unread"
-        )
-    sizes = "/".join(str(len(load_split(s)["labels"])) for s in SPLITS)
-    spatial = (size,) * (3 if info.is_3d else 2)
-    return ImageDataset(
-        name=data.name,
-        image_shape=spatial,
-        num_classes=len(info.class_names),
-        class_names=info.class_names,
-        load_split=load_split,
-        description=f"MedMNIST {data.name} ({info.task}, {len(info.class_names)} classes, "
-        f"{'x'.join(map(str, spatial))}x{info.channels}) from {data.dir}: {sizes} "
-        f"train/val/test ({official})",
-        channels=info.channels,
-        multilabel=info.multilabel,
-        intensity="uint8",
-    )
-
-
-IMAGE_DATASETS = {"synthetic_ct": synthetic_ct_dataset, "ct_folder": ct_folder_dataset}
-
-
-def _is_medmnist(name: str) -> bool:
-    return name.partition("_")[0] in medmnist.INFO
+    return DATASETS[data.name](data)
 
 
 def image_dataset(data: ml_collections.ConfigDict) -> ImageDataset:
-    """The dataset named by `data.name`, its training split cut to `data.label_fraction`;
-    raises ConfigError listing valid names."""
-    if _is_medmnist(data.name):
-        dataset = medmnist_dataset(data)
-    elif data.name in IMAGE_DATASETS:
-        dataset = IMAGE_DATASETS[data.name](data)
-    else:
-        raise ConfigError(
-            f"unknown dataset data.name={data.name!r}; valid names: {', '.join(IMAGE_DATASETS)} "
-            f"or a MedMNIST name ({', '.join(medmnist.INFO)}, with _64/_128/_224 for sizes)"
-        )
+    """The image dataset named by `data.name`, its training split cut to `data.label_fraction`."""
+    dataset = _of_kind(data, ImageDataset, "this task")
     return with_label_fraction(dataset, data.label_fraction, data.seed)
+
+
+def series_dataset(data: ml_collections.ConfigDict) -> SeriesDataset:
+    """The ICU series dataset named by `data.name`."""
+    return _of_kind(data, SeriesDataset, "the ehr task")
+
+
+_HOLDS = {ImageDataset: "images", SeriesDataset: "ICU stays"}
+
+
+def _of_kind(data: ml_collections.ConfigDict, kind: type, reader: str):
+    dataset = build_dataset(data)
+    if not isinstance(dataset, kind):
+        raise ConfigError(
+            f"data.name={data.name!r} is a dataset of {_HOLDS[type(dataset)]}; {reader} reads "
+            f"{_HOLDS[kind]}: name a dataset of {_HOLDS[kind]}"
+        )
+    return dataset
 
 
 def with_label_fraction(dataset: ImageDataset, fraction: float, seed: int) -> ImageDataset:

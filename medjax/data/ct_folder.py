@@ -52,7 +52,7 @@ class Row:
     split: str  # "" when labels.csv has no split column
 
 
-def ct_folder_dataset(data: ml_collections.ConfigDict) -> ImageDataset:
+def build(data: ml_collections.ConfigDict) -> ImageDataset:
     """The scans of data.dir as an ImageDataset of HU volumes [N, D, H, W], split by patient."""
     if not data.dir:
         raise ConfigError(
@@ -239,7 +239,10 @@ class CtFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """
 
     VERSION = tfds.core.Version("1.1.0")  # raise when ct_volume's output changes
-    code_path = pathlib.Path(__file__)  # see Physionet2012 in physionet2012_tfds.py
+    # TFDS 4.9.10 finds a builder's code_path through the `importlib_resources` backport, which
+    # etils >= 1.15 no longer installs (ModuleNotFoundError in download_and_prepare); the path of
+    # this file is all TFDS needs it for (to look for a checksums.tsv beside it: there is none).
+    code_path = pathlib.Path(__file__)
 
     def __init__(self, *, paths, spacing, image_shape, geometry, data_dir=None):
         self._paths, self._spacing = dict(sorted(paths.items())), spacing

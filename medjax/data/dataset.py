@@ -1,6 +1,15 @@
-"""The image dataset container every image task reads, and the split helpers datasets share."""
+"""What a dataset is, and the split helpers datasets share.
+
+Every dataset (medjax.data.DATASETS) is an ImageDataset or a SeriesDataset, of one shape: a
+`name`, `class_names`, a `description` and `load_split(split)`, for split in SPLITS, which gives
+the split's raw inputs in their own units with `labels` [N] and `ids` str [N] (one example per
+patient), cached, so a split is read or generated once. The preprocessing that turns raw inputs
+into model inputs is not the dataset's: training, evaluation, predict and export share it
+(medjax.data.transforms for images, medjax.data.icu_series for ICU stays).
+"""
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import ml_collections
@@ -30,6 +39,27 @@ class ImageDataset:
     channels: int = 1
     multilabel: bool = False
     intensity: str = "hu"
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesDataset:
+    """ICU stays with one label each (one stay per patient), on a regular time grid.
+
+    `load_split(name)` returns the stays as time_grid.to_grid puts them, in the variables' own
+    units: `values`, `mask`, `delta` float32 [N, T, V] (V = len(variables), in that order),
+    `lengths` int32 [N], `descriptors` float32 [N, len(descriptors)] (NaN unknown), with
+    `labels` int32 [N] (class ids) and `ids` str [N]; it is cached.
+    """
+
+    name: str
+    variables: tuple[str, ...]
+    descriptors: tuple[str, ...]
+    class_names: tuple[str, ...]
+    load_split: Callable[[str], dict[str, np.ndarray]]
+    description: str
+
+
+Dataset = ImageDataset | SeriesDataset
 
 
 def stratified_split(labels, fractions, rng):
@@ -82,3 +112,26 @@ def fold_note(data: ml_collections.ConfigDict) -> str:
     if not folds_enabled(data):
         return ""
     return f"; cross-validation: test fold {data.fold} of {data.num_folds}, splits re-drawn"
+
+
+def pooled_folds(load_split, data: ml_collections.ConfigDict, splits=SPLITS):
+    """load_split over K-fold splits of all the examples of `load_split`'s `splits` pooled,
+    each example its own patient (`fold_split`)."""
+    parts = [load_split(split) for split in splits]
+    pooled = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+    folds = dict(zip(("test", "val", "train"), fold_split(pooled["labels"], data)))
+
+    @functools.cache
+    def load_fold(split):
+        return {k: v[folds[split]] for k, v in pooled.items()}
+
+    return load_fold
+
+
+def by_split(records: list, labels: np.ndarray, parts) -> dict[str, tuple[list, np.ndarray]]:
+    """{split: (records, labels)} of the index arrays `parts`, in the (test, val, train) order
+    of fold_split's and of stratified_split's with two fractions."""
+    return {
+        split: ([records[i] for i in indices], labels[indices])
+        for split, indices in zip(("test", "val", "train"), parts)
+    }

@@ -1,4 +1,5 @@
-"""MedMNIST v2 (Yang et al., Scientific Data 2023): metadata and the official `.npz` files.
+"""MedMNIST v2 (Yang et al., Scientific Data 2023): metadata, the official `.npz` files, and the
+dataset (`build`).
 
 A dataset is named as its file is: `pneumoniamnist` (28 px), `pneumoniamnist_64` (MedMNIST+
 sizes 64, 128, 224 for 2D; 64 for 3D), `nodulemnist3d`. `read(directory, name)` reads
@@ -8,6 +9,7 @@ put in place is checked for its keys, shapes and labels, not its MD5 (re-saved c
 """
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -16,8 +18,10 @@ import urllib.error
 import urllib.request
 import zipfile
 
+import ml_collections
 import numpy as np
 
+from medjax.data.dataset import ImageDataset, fold_note, folds_enabled, pooled_folds
 from medjax.errors import ConfigError
 
 URL = "https://zenodo.org/records/10519652/files/{file}?download=1"
@@ -171,6 +175,10 @@ INFO = {
         _md5s(_3D, "1235b78a3cd6280881dd7850a78eadb6", "43bd14ebf3af9d3dd072446fedc14d5e"),
     ),
 }  # fmt: skip
+# Every dataset name: each file of the official record (`pneumoniamnist`, `pneumoniamnist_64`).
+NAMES = tuple(
+    base if size == 28 else f"{base}_{size}" for base, info in INFO.items() for size in info.md5
+)
 
 
 def parse_name(name: str) -> tuple[str, int]:
@@ -191,6 +199,58 @@ def parse_name(name: str) -> tuple[str, int]:
 def file_name(name: str) -> str:
     """The official file of a (valid) dataset name: `pneumoniamnist_64.npz`."""
     return f"{name}.npz"
+
+
+def build(data: ml_collections.ConfigDict) -> ImageDataset:
+    """The MedMNIST dataset data.name from data.dir (downloaded there when absent).
+
+    With data.num_folds = K, K-fold cross-validation over the official train and val images
+    pooled (`fold_split`: fold data.fold is the run's test split), for choosing a recipe
+    without the official test split, which is dropped unread. MedMNIST distributes no patient
+    ids, so one patient's images may fall in two folds: a fold's figures serve to compare
+    recipes, not to report."""
+    base, size = parse_name(data.name)
+    info = INFO[base]
+    if folds_enabled(data) and info.multilabel:
+        raise ConfigError(
+            f"data.num_folds={data.num_folds}: {data.name} is multi-label, and folds are dealt "
+            "within classes; use data.num_folds=0"
+        )
+    if not data.dir:
+        raise ConfigError(
+            f"data.name={data.name} needs --config.data.dir=DIR, the folder that holds (or will "
+            f"hold) {file_name(data.name)}"
+        )
+    splits = read(data.dir, data.name, download=data.download)
+
+    @functools.cache  # the ids are built once per split, as the ImageDataset contract says
+    def load_split(split):
+        arrays = splits[split]
+        ids = np.array([f"{data.name}-{split}-{i}" for i in range(len(arrays["labels"]))])
+        return {**arrays, "ids": ids}
+
+    official = "official split"
+    if folds_enabled(data):
+        del splits["test"]
+        load_split = pooled_folds(load_split, data, ("train", "val"))
+        official = (
+            f"folds of the official train and val images{fold_note(data)}; official test unread"
+        )
+    sizes = "/".join(str(len(load_split(s)["labels"])) for s in SPLITS)
+    spatial = (size,) * (3 if info.is_3d else 2)
+    return ImageDataset(
+        name=data.name,
+        image_shape=spatial,
+        num_classes=len(info.class_names),
+        class_names=info.class_names,
+        load_split=load_split,
+        description=f"MedMNIST {data.name} ({info.task}, {len(info.class_names)} classes, "
+        f"{'x'.join(map(str, spatial))}x{info.channels}) from {data.dir}: {sizes} "
+        f"train/val/test ({official})",
+        channels=info.channels,
+        multilabel=info.multilabel,
+        intensity="uint8",
+    )
 
 
 def read(directory: str, name: str, *, download: bool = True) -> dict[str, dict[str, np.ndarray]]:

@@ -44,6 +44,7 @@ VARIABLES = (
     "SysABP", "Temp", "TroponinI", "TroponinT", "Urine", "WBC", "Weight",
 )  # fmt: skip
 DESCRIPTORS = ("Age", "Gender", "Height", "ICUType", "Weight")
+CLASS_NAMES = ("survived", "in-hospital death")  # the outcome files' In-hospital_death 0, 1
 
 # Plausible extremes in the challenge's units, wide enough that only evident errors (unit slips
 # such as pH 735, placeholders such as Temp -17.8 C = 0 F, typos) are touched: bounds of survivable

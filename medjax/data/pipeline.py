@@ -9,6 +9,7 @@ order, with the last batch padded and marked by `valid` (0 on padding).
 
 from collections.abc import Callable, Iterator
 
+import jax
 import numpy as np
 import tensorflow as tf
 from absl import logging
@@ -149,3 +150,15 @@ def eval_batches(
         .prefetch(2)
     )
     return dataset.as_numpy_iterator()
+
+
+def config_eval_batches(config, size: int, load) -> Iterator[Batch]:
+    """This process's share of `size` examples `load`ed once each, in batches of the trainer
+    config's eval_batch_size (see eval_batches)."""
+    return eval_batches(
+        size,
+        load,
+        global_batch_size=config.trainer.eval_batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )

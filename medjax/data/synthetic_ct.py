@@ -10,13 +10,49 @@ and vessels of the same density as nodules stand in the way of a size-blind rule
 An example is a pure function of (seed, split, index), so splits are disjoint and reproducible.
 """
 
+import functools
 from collections.abc import Sequence
 
+import ml_collections
 import numpy as np
+
+from medjax.data.dataset import ImageDataset, fold_note, folds_enabled, pooled_folds
 
 AIR, FAT, SOFT_TISSUE, LUNG, BONE = -1000.0, -100.0, 40.0, -850.0, 700.0
 NOISE_HU = 20.0
 _SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
+
+
+def build(data: ml_collections.ConfigDict) -> ImageDataset:
+    """data.num_train, num_val and num_test synthetic patients of data.image_shape, generated
+    with data.seed; with data.num_folds, K-fold splits of them all pooled."""
+    sizes = {"train": data.num_train, "val": data.num_val, "test": data.num_test}
+
+    @functools.cache
+    def generated(split):
+        return generate(
+            sizes[split],
+            image_shape=data.image_shape,
+            seed=data.seed,
+            split=split,
+            positive_fraction=data.positive_fraction,
+        )
+
+    load_split = pooled_folds(generated, data) if folds_enabled(data) else generated
+
+    kind = "volumes" if len(data.image_shape) == 3 else "axial slices"
+    return ImageDataset(
+        name="synthetic_ct",
+        image_shape=tuple(data.image_shape),
+        num_classes=2,
+        class_names=("no suspicious nodule", "suspicious nodule"),
+        load_split=load_split,
+        description=(
+            f"synthetic chest CT {kind} of shape {tuple(data.image_shape)} (data seed "
+            f"{data.seed}); {sizes['train']}/{sizes['val']}/{sizes['test']} train/val/test "
+            f"patients, {data.positive_fraction:.0%} with a suspicious nodule{fold_note(data)}"
+        ),
+    )
 
 
 def generate(

@@ -10,9 +10,18 @@ Stays come as `physionet2012.Record`s (same variables and units), so that the Ph
 normalisation and models apply unchanged. A stay is a pure function of (seed, split, index).
 """
 
+import ml_collections
 import numpy as np
 
-from medjax.data import physionet2012
+from medjax.data import physionet2012, time_grid
+from medjax.data.dataset import (
+    SPLITS,
+    SeriesDataset,
+    by_split,
+    fold_note,
+    fold_split,
+    folds_enabled,
+)
 
 # variable: (normal mean, sd, loading on severity, measurements per hour at severity 0)
 _VARIABLES = {
@@ -37,6 +46,26 @@ _LABS = _RATE < 0.1  # sicker patients get many more labs drawn
 _SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
 _MAX_STAYS = 1_000_000  # per split
 _GRID_HOURS = 0.25  # the latent trajectory's resolution
+
+
+def build(data: ml_collections.ConfigDict) -> SeriesDataset:
+    """data.num_train, num_val and num_test stays of data.hours, generated with data.seed; with
+    data.num_folds, K-fold splits of them all pooled (every stay its own patient)."""
+
+    def read():
+        sizes = {"train": data.num_train, "val": data.num_val, "test": data.num_test}
+        splits = {
+            split: generate(sizes[split], seed=data.seed, split=split, hours=data.hours)
+            for split in SPLITS
+        }
+        if not folds_enabled(data):
+            return splits
+        records = [r for split in SPLITS for r in splits[split][0]]
+        labels = np.concatenate([splits[split][1] for split in SPLITS])
+        return by_split(records, labels, fold_split(labels, data))
+
+    description = "synthetic ICU cohort" + fold_note(data)  # (refuses bad fold settings)
+    return time_grid.gridded_dataset("synthetic_ehr", read, description, data)
 
 
 def generate(num_stays: int, *, seed: int, split: str, hours: float = 48.0):

@@ -1,9 +1,14 @@
-"""Irregular ICU observations on a regular time grid (for GRU, LSTM and GRU-D), and the
-normalisation statistics fitted on a training split."""
+"""Irregular ICU observations on a regular time grid (for GRU, LSTM and GRU-D), the
+SeriesDataset of gridded stays, and the normalisation statistics fitted on a training split."""
 
+import functools
+from collections.abc import Callable
+
+import ml_collections
 import numpy as np
 
-from medjax.data.physionet2012 import DESCRIPTORS, VARIABLES
+from medjax.data.dataset import SeriesDataset
+from medjax.data.physionet2012 import CLASS_NAMES, DESCRIPTORS, VARIABLES
 from medjax.errors import ConfigError
 
 _TIME_TOLERANCE = 1e-5  # hours (0.04 s): undoes float32 rounding of HH:MM times when binning
@@ -57,6 +62,31 @@ def to_grid(records, *, hours: float = 48.0, step_hours: float = 1.0) -> dict[st
         "descriptors": descriptors.astype(np.float32),
         "record_ids": np.array([r.record_id for r in records], np.int64),
     }
+
+
+def gridded_dataset(
+    name: str, read: Callable[[], dict], description: str, data: ml_collections.ConfigDict
+) -> SeriesDataset:
+    """The SeriesDataset of the stays `read()` gives ({split: (records, labels)}: Records of
+    physionet2012's variables and descriptors, in-hospital death; read once, when a split is
+    first loaded), on the grid of data.hours and data.step_hours."""
+    read = functools.cache(read)
+
+    @functools.cache
+    def load_split(split):
+        records, labels = read()[split]
+        arrays = to_grid(records, hours=data.hours, step_hours=data.step_hours)
+        ids = arrays.pop("record_ids").astype(str)
+        return {**arrays, "labels": np.asarray(labels, np.int32), "ids": ids}
+
+    return SeriesDataset(
+        name=name,
+        variables=VARIABLES,
+        descriptors=DESCRIPTORS,
+        class_names=CLASS_NAMES,
+        load_split=load_split,
+        description=description,
+    )
 
 
 def fit_normalizer(values, mask) -> tuple[np.ndarray, np.ndarray]:

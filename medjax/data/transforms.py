@@ -1,25 +1,28 @@
-"""Image transforms in TensorFlow, for tf.data: intensity scaling and training augmentation.
+"""Image transforms: intensity scaling, and training augmentation in TensorFlow for tf.data.
 
-CT comes in HU and is windowed; MedMNIST comes as 0..255 and is scaled. Augmentation takes an
-image with a channel axis, [H, W, C] or [D, H, W, C], in its raw units, and is stateless: each
-example's randomness comes from its own seed, so it is a pure function of (config seed, step,
-position in batch).
+CT comes in HU and is windowed; MedMNIST comes as 0..255 and is scaled. The scaling is written
+once for every array module `xp` that calls it: TensorFlow's numpy (tf.experimental.numpy, the
+default) in the tf.data pipelines, jax.numpy inside an exported model (medjax.tasks.raw_inputs).
+Augmentation takes an image with a channel axis, [H, W, C] or [D, H, W, C], in its raw units,
+and is stateless: each example's randomness comes from its own seed, so it is a pure function
+of (config seed, step, position in batch).
 """
 
 import math
 
 import tensorflow as tf
+import tensorflow.experimental.numpy as tnp
 
 
-def window(hu: tf.Tensor, center: float, width: float) -> tf.Tensor:
+def window(hu, center: float, width: float, xp=tnp):
     """Clips HU to [center - width/2, center + width/2] and maps that range to [-1, 1]."""
     low = center - width / 2
-    return tf.clip_by_value((tf.cast(hu, tf.float32) - low) / width, 0.0, 1.0) * 2.0 - 1.0
+    return xp.clip((xp.asarray(hu, xp.float32) - low) / width, 0.0, 1.0) * 2.0 - 1.0
 
 
-def scale_uint8(pixels: tf.Tensor) -> tf.Tensor:
+def scale_uint8(pixels, xp=tnp):
     """Maps 0..255 to [-1, 1] (MedMNIST's own Normalize(mean=0.5, std=0.5))."""
-    return tf.cast(pixels, tf.float32) / 127.5 - 1.0
+    return xp.asarray(pixels, xp.float32) / 127.5 - 1.0
 
 
 def augment(

@@ -74,7 +74,7 @@ def get_config() -> ml_collections.ConfigDict:
     loss.kl_warmup_steps = 0  # vae: the KL weight rises linearly from 0 over these steps
 
     config.data = data = ml_collections.ConfigDict()
-    data.name = "synthetic_ct"  # medjax.data.IMAGE_DATASETS; ehr: synthetic_ehr, physionet2012
+    data.name = "synthetic_ct"  # medjax.data.DATASETS (ehr: synthetic_ehr, physionet2012)
     data.dir = ""  # folder with the dataset's files as distributed (real datasets)
     data.download = True  # MedMNIST: download the official file into data.dir when absent
     data.seed = 0  # which synthetic cohort / which held-out split; apart from `seed`

@@ -9,10 +9,10 @@ import numpy as np
 import tensorflow as tf
 
 from medjax import explain, losses, models, parallel
-from medjax.data import image_dataset
+from medjax.data import image_dataset, image_pipelines
 from medjax.errors import ConfigError
 from medjax.stats import bootstrap
-from medjax.tasks import image_pipelines, scoring
+from medjax.tasks import scoring
 from medjax.tasks.task import Task, compute_dtype, concrete_as_numpy
 
 

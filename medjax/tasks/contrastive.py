@@ -26,10 +26,9 @@ import numpy as np
 import tensorflow as tf
 
 from medjax import losses, models
-from medjax.data import image_dataset
+from medjax.data import image_dataset, image_pipelines, pipeline
 from medjax.errors import ConfigError
 from medjax.outputs import writers
-from medjax.tasks import image_pipelines
 from medjax.tasks.task import Task, compute_dtype, config_train_batches
 
 EVAL_VIEW_SEEDS = (1, 2)  # the fixed seeds of the two views scored in evaluation
@@ -115,7 +114,7 @@ def eval_batches(config, dataset, split: str):
         seeds = [tf.stack([index64, tf.constant(s, tf.int64)]) for s in EVAL_VIEW_SEEDS]
         return {"views": tf.stack([view(index, s) for s in seeds])}
 
-    return image_pipelines.config_eval_batches(config, len(arrays["labels"]), load)
+    return pipeline.config_eval_batches(config, len(arrays["labels"]), load)
 
 
 def compute_metrics(gathered, *, temperature: float) -> dict[str, float]:

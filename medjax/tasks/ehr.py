@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
 from medjax import explain, losses, models
-from medjax.data import icu_series, physionet2012, pipeline
+from medjax.data import icu_series, series_pipelines
+from medjax.data.icu_series import INPUTS
 from medjax.errors import ConfigError
 from medjax.stats import metrics, subgroups
 from medjax.tasks import scoring
@@ -17,12 +17,8 @@ from medjax.tasks.task import (
     Task,
     compute_dtype,
     concrete_as_numpy,
-    config_train_batches,
     fingerprint,
 )
-
-INPUTS = ("values", "mask", "delta", "lengths", "static")
-CLASS_NAMES = ("survived", "in-hospital death")
 
 
 def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict) -> Task:
@@ -42,8 +38,8 @@ def build(config: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict
         eval_outputs_fn=eval_outputs,
         compute_metrics=compute_metrics,
         metric_intervals=scoring.binary_intervals,
-        train_batches=functools.partial(train_batches, config, dataset),
-        eval_batches=functools.partial(eval_batches, config, dataset),
+        train_batches=functools.partial(series_pipelines.train_batches, config, dataset),
+        eval_batches=functools.partial(series_pipelines.eval_batches, config, dataset),
         write_outputs=functools.partial(write_outputs, dataset=dataset),
         prediction_table=lambda split, gathered: scoring.prediction_table(
             gathered, dataset.splits[split]["ids"]
@@ -84,35 +80,6 @@ def _model(config: ml_collections.ConfigDict, example: dict):
 
 def model_inputs(batch):
     return {k: batch[k] for k in INPUTS}
-
-
-def _tensors(dataset, split: str) -> dict[str, tf.Tensor]:
-    arrays = dataset.splits[split]
-    return {"label": tf.constant(arrays["labels"])} | {k: tf.constant(arrays[k]) for k in INPUTS}
-
-
-def train_batches(config, dataset, start_step: int):
-    """This process's training batches from step `start_step` on (see pipeline)."""
-    data = _tensors(dataset, "train")
-    labels = dataset.splits["train"]["labels"]
-
-    def load(index, seed):
-        del seed  # no augmentation
-        return {k: tf.gather(v, index) for k, v in data.items()}
-
-    return config_train_batches(config, labels, load, start_step)
-
-
-def eval_batches(config, dataset, split: str):
-    """This process's batches of `split`, every stay once, padded (`valid`)."""
-    data = _tensors(dataset, split)
-    return pipeline.eval_batches(
-        len(dataset.splits[split]["labels"]),
-        lambda i: {k: tf.gather(v, i) for k, v in data.items()},
-        global_batch_size=config.trainer.eval_batch_size,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
 
 
 def loss(outputs, batch, step, *, positive_weight, focal_gamma, per_step_weight):
@@ -168,7 +135,7 @@ def binary_scores(gathered):
 def write_outputs(workdir, split, gathered, variables, *, dataset):
     del variables
     ids = dataset.splits[split]["ids"]
-    scoring.write_class_outputs(workdir, split, gathered, ids, CLASS_NAMES, dataset.name)
+    scoring.write_class_outputs(workdir, split, gathered, ids, dataset.class_names, dataset.name)
     return {}
 
 
@@ -181,7 +148,7 @@ def explain_examples(model, dataset, plots_dir, split, variables, batch, setting
         variables,
         model_inputs(batch),
         dataset.splits[split]["ids"][batch["index"]],
-        physionet2012.VARIABLES,
+        dataset.variables,
         ig_steps=settings.ig_steps,
         suffix=split,
     )

@@ -1,14 +1,15 @@
-"""Each task's raw inputs, as the data readers deliver them, and the jax.numpy function that
-turns them into the batch the task's model inputs are made from, as its tf.data pipeline does:
-the preprocessing an exported model carries (medjax.train.export).
+"""Each task's raw inputs, as the data readers deliver them, and the function that turns them
+into the batch the task's model inputs are made from: the preprocessing of its tf.data pipeline
+(medjax.data.transforms, icu_series.model_inputs) in jax.numpy, which an exported model
+carries (medjax.train.export).
 
 Images (tasks classification and vae): `image` [b, *image_shape] (one channel) or
 [b, *image_shape, C]; float32 Hounsfield units windowed by data.window_center and
 data.window_width to [-1, 1] (transforms.window), or uint8 0..255 scaled to [-1, 1]
 (transforms.scale_uint8).
-ICU stays (task ehr): the stays on the time grid (icu_series.grid): `values` in the variables'
-own units, `mask`, `delta` [b, T, V], `lengths` [b] and `descriptors` [b, 5] (NaN unknown),
-normalised with the training split's statistics and imputed as icu_series.load does.
+ICU stays (task ehr): the stays on the time grid (SeriesDataset.load_split): `values` in the
+variables' own units, `mask`, `delta` [b, T, V], `lengths` [b] and `descriptors` [b, D] (NaN
+unknown), normalised with the training split's statistics and imputed as icu_series.load does.
 """
 
 import dataclasses
@@ -19,9 +20,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from medjax.data import icu_series, image_dataset, physionet2012
+from medjax.data import icu_series, image_dataset, image_pipelines, series_dataset
 from medjax.errors import ConfigError
-from medjax.tasks import ehr
 
 Arrays = dict[str, np.ndarray]
 
@@ -65,14 +65,10 @@ def _images(data: ml_collections.ConfigDict) -> RawInputs:
     dataset = image_dataset(data)
     shape = (*dataset.image_shape, *((dataset.channels,) if dataset.channels > 1 else ()))
     hounsfield = dataset.intensity == "hu"
-    low, width = data.window_center - data.window_width / 2, data.window_width
 
-    def to_batch(raw):
-        image = raw["image"].astype(jnp.float32)
-        image = image if dataset.channels > 1 else image[..., None]
-        if hounsfield:  # as transforms.window
-            return {"image": jnp.clip((image - low) / width, 0.0, 1.0) * 2.0 - 1.0}
-        return {"image": image / 127.5 - 1.0}  # as transforms.scale_uint8
+    def to_batch(raw):  # as the image pipelines' eval batches
+        image = image_pipelines.with_channels(raw["image"], dataset)
+        return {"image": image_pipelines.model_input(image, dataset, data, xp=jnp)}
 
     contract = {"image": "uint8 pixels 0..255" if not hounsfield else (
         f"Hounsfield units, windowed inside (center {data.window_center:g}, width "
@@ -98,52 +94,27 @@ STAY_INPUTS = ("values", "mask", "delta", "lengths", "descriptors")
 
 
 def _stays(data: ml_collections.ConfigDict, fit_data: ml_collections.ConfigDict) -> RawInputs:
+    dataset = series_dataset(data)
     normalizer = icu_series.training_normalizer(fit_data)
-    steps, variables = round(data.hours / data.step_hours), len(physionet2012.VARIABLES)
-    series = (steps, variables)
-    log_scale = jnp.asarray(np.isin(physionet2012.VARIABLES, icu_series.LOG_SCALE))
-    numeric = [physionet2012.DESCRIPTORS.index(d) for d in icu_series.STATIC_NUMERIC]
-    gender = physionet2012.DESCRIPTORS.index("Gender")
-    icu_type = physionet2012.DESCRIPTORS.index("ICUType")
+    series = (round(data.hours / data.step_hours), len(dataset.variables))
 
-    def to_batch(raw):  # as icu_series._prepare
-        mask = raw["mask"]
-        values = jnp.where(log_scale, jnp.log1p(raw["values"]), raw["values"])
-        values = jnp.where(mask > 0, (values - normalizer.mean) / normalizer.std, 0.0)
-        if data.imputation == "forward_fill":
-            at = jnp.arange(steps)[None, :, None]
-            last = jax.lax.cummax(jnp.where(mask > 0, at, -1), axis=1)
-            filled = jnp.take_along_axis(values, jnp.maximum(last, 0), axis=1)
-            values = jnp.where(last >= 0, filled, 0.0)
-        descriptors = raw["descriptors"]
-        standard = (descriptors[:, numeric] - normalizer.static_mean) / normalizer.static_std
-        static = jnp.concatenate(
-            [
-                jnp.nan_to_num(standard),
-                jnp.nan_to_num(descriptors[:, [gender]], nan=0.5),
-                descriptors[:, icu_type][:, None] == jnp.arange(1, 5)[None],
-            ],
-            axis=1,
-        ).astype(jnp.float32)
-        return {"values": values, "mask": mask, "delta": raw["delta"],
-                "lengths": raw["lengths"], "static": static}  # fmt: skip
+    def to_batch(raw):  # as icu_series.load
+        return icu_series.model_inputs(raw, normalizer, data.imputation, xp=jnp)
 
     def load_split(split):
-        records, labels = icu_series.split_records(data)[0][split]
-        gridded = icu_series.grid(records, labels, data)
-        return {name: gridded[name] for name in STAY_INPUTS}
+        return {name: dataset.load_split(split)[name] for name in STAY_INPUTS}
 
     return RawInputs(
         specs={name: (series, "float32") for name in STAY_INPUTS[:3]}
-        | {"lengths": ((), "int32"), "descriptors": ((len(physionet2012.DESCRIPTORS),), "float32")},
+        | {"lengths": ((), "int32"), "descriptors": ((len(dataset.descriptors),), "float32")},
         to_batch=to_batch,
         load_split=load_split,
-        class_names=ehr.CLASS_NAMES,
+        class_names=dataset.class_names,
         multilabel=False,
         contract={
             "grid": {"hours": data.hours, "step_hours": data.step_hours},
-            "variables": list(physionet2012.VARIABLES),
-            "descriptors": list(physionet2012.DESCRIPTORS),
+            "variables": list(dataset.variables),
+            "descriptors": list(dataset.descriptors),
             "reader": "medjax.data.physionet2012.read_record, then "
             "medjax.data.time_grid.to_grid: values in the variables' own units, 0 where "
             "unobserved; descriptors NaN where unknown",

@@ -13,11 +13,11 @@ import ml_collections
 import numpy as np
 
 from medjax import losses, models
-from medjax.data import image_dataset
+from medjax.data import image_dataset, image_pipelines
 from medjax.errors import ConfigError
 from medjax.outputs import plots, writers
 from medjax.stats import bootstrap, metrics
-from medjax.tasks import image_pipelines, scoring
+from medjax.tasks import scoring
 from medjax.tasks.task import Task, compute_dtype
 
 

@@ -1,12 +1,12 @@
 """Images as a task's data: tf.data pipelines of windowed (CT) or scaled (uint8) images with
-labels, split sizes and fingerprints; shared by the classification and VAE tasks."""
+labels, split sizes and fingerprints; shared by the image tasks."""
 
 import functools
 
-import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
+import tensorflow.experimental.numpy as tnp
 
 from medjax.data import pipeline, transforms
 from medjax.data.dataset import SPLITS
@@ -82,7 +82,7 @@ def augmented_view(config, dataset, images: tf.Tensor):
     augment, background = config.data.augment, background_of(dataset)
 
     def view(index, seed):
-        image = _with_channels(tf.gather(images, index), dataset)
+        image = with_channels(tf.gather(images, index), dataset)
         if augment.enabled:
             image = transforms.augment(
                 image,
@@ -112,27 +112,17 @@ def eval_batches(config, dataset, split: str):
     images, labels = tf.constant(arrays["images"]), tf.constant(arrays["labels"])
 
     def load(index):
-        image = _with_channels(tf.gather(images, index), dataset)
+        image = with_channels(tf.gather(images, index), dataset)
         return {
             "image": model_input(image, dataset, config.data),
             "label": tf.gather(labels, index),
         }
 
-    return config_eval_batches(config, len(arrays["labels"]), load)
+    return pipeline.config_eval_batches(config, len(arrays["labels"]), load)
 
 
-def config_eval_batches(config, size: int, load):
-    """This process's share of `size` examples `load`ed once each, in evaluation batches."""
-    return pipeline.eval_batches(
-        size,
-        load,
-        global_batch_size=config.trainer.eval_batch_size,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-
-
-def _with_channels(pixels, dataset):
+def with_channels(pixels, dataset):
+    """Images [N, *image_shape] of one channel with their channel axis; others as they are."""
     return pixels if dataset.channels > 1 else pixels[..., None]
 
 
@@ -141,11 +131,12 @@ def background_of(dataset) -> float:
     return -1000.0 if dataset.intensity == "hu" else 0.0
 
 
-def model_input(image: tf.Tensor, dataset, data: ml_collections.ConfigDict) -> tf.Tensor:
-    """Raw pixels (HU or 0..255) -> the model's input in [-1, 1]: windowed CT or scaled uint8."""
+def model_input(image, dataset, data: ml_collections.ConfigDict, xp=tnp):
+    """Raw pixels (HU or 0..255) -> the model's input in [-1, 1]: windowed CT or scaled uint8,
+    computed with the array module `xp` (transforms)."""
     if dataset.intensity == "hu":
-        return transforms.window(image, data.window_center, data.window_width)
-    return transforms.scale_uint8(image)
+        return transforms.window(image, data.window_center, data.window_width, xp)
+    return transforms.scale_uint8(image, xp)
 
 
 def is_normal(labels: np.ndarray) -> np.ndarray:
