@@ -1,9 +1,9 @@
 """What a dataset is, and the split helpers datasets share.
 
 Every dataset (medjax.data.DATASETS) is an ImageDataset or a SeriesDataset, of one shape: a
-`name`, `class_names`, a `description` and `load_split(split)`, for split in SPLITS, which gives
-the split's raw inputs in their own units with `labels` [N] and `ids` str [N] (one example per
-patient), cached, so a split is read or generated once. The preprocessing that turns raw inputs
+`name`, `class_names`, a `description` and `load_split(split)`, for split in SPLITS (split by
+patient), which gives the split's raw inputs in their own units with their `labels` and `ids`
+str [N], cached, so a split is read or generated once. The preprocessing that turns raw inputs
 into model inputs is not the dataset's: training, evaluation, predict and export share it
 (medjax.data.transforms for images, medjax.data.icu_series for ICU stays).
 """
