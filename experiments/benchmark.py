@@ -222,7 +222,7 @@ def bench_config(name: str, steps: int = 20, warmup: int = 3, batches: int = 30)
     from medjax import optim, parallel  # noqa: PLC0415 (heavy: TensorFlow)
     from medjax.tasks import build_task  # noqa: PLC0415
     from medjax.train import state as train_state  # noqa: PLC0415
-    from medjax.train import steps  # noqa: PLC0415
+    from medjax.train import steps as train_steps  # noqa: PLC0415
 
     config = importlib.import_module(f"configs.{name}").get_config()
     start = time.perf_counter()
@@ -243,7 +243,7 @@ def bench_config(name: str, steps: int = 20, warmup: int = 3, batches: int = 30)
     pipeline_ex_s = batches * config.trainer.batch_size / (time.perf_counter() - start)
 
     device_batches = [parallel.shard_batch(b, mesh) for b in host_batches[:4]]
-    step = functools.partial(steps.train_step, task=task, accumulation_steps=1)
+    step = functools.partial(train_steps.train_step, task=task, accumulation_steps=1)
     step = jax.jit(step, donate_argnums=0)
     compiled, compile_s, _ = _compiled(step, state, device_batches[0])
     times = []
@@ -256,7 +256,7 @@ def bench_config(name: str, steps: int = 20, warmup: int = 3, batches: int = 30)
     train_ex_s = config.trainer.batch_size / statistics.median(times)
 
     eval_batch = parallel.shard_batch(next(task.eval_batches("val")), mesh)
-    evaluate = jax.jit(functools.partial(steps.eval_step, task=task))
+    evaluate = jax.jit(functools.partial(train_steps.eval_step, task=task))
     compiled_eval, eval_compile_s, _ = _compiled(evaluate, state, eval_batch)
     eval_times = _timed(lambda s, b: (s, compiled_eval(s, b)), state, (eval_batch,), 5, 1)[1]
     eval_size = len(eval_batch["valid"])
