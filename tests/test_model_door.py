@@ -117,3 +117,17 @@ def test_gradcam_refuses_a_model_that_does_not_read_the_perturbation():
         explain.check_gradcam(model, variables, x)
     resnet = models.create("resnet10", num_classes=2, width=0.125, small_input=True)
     explain.check_gradcam(resnet, resnet.init(jax.random.key(0), x, train=False), x)  # passes
+
+
+def test_an_older_flat_model_section_compares_in_todays_keys():
+    from medjax.train import run_config
+
+    # An older run stored every model's keys, some under old names; JSON stores tuples as lists.
+    older = {"model.name": "conv_vae", "model.vae_widths": [16, 32], "model.hidden_size": 64}
+    today = {"model.name": "conv_vae", "model.widths": [16, 32]}
+    assert run_config.config_changes(older, today) == []
+    assert run_config.config_changes({"model.name": "conv_vae", "model.widths": [32, 64]},
+                                     {"model.name": "conv_vae"}) == []  # the default  # fmt: skip
+    assert run_config.config_changes(older, {"model.name": "conv_vae"}) == [
+        "model.widths: [16, 32] -> [32, 64]"
+    ]

@@ -78,7 +78,8 @@ def _as_of_now(values: dict) -> dict:
     values = {RENAMED.get(k, k): v for k, v in values.items()}
     name = values.get("model.name", defaults.get_config().model.name)
     model_keys = {"model.name": name}
-    model_keys |= {f"model.{k}": v for k, v in models.config_keys(name).items()}
+    defaults_of_model = json.loads(json.dumps(models.config_keys(name)))  # tuples as lists
+    model_keys |= {f"model.{k}": v for k, v in defaults_of_model.items()}
     others = {k: v for k, v in flat(defaults.get_config()).items() if not k.startswith("model.")}
     filled = others | model_keys | values
     return {k: v for k, v in filled.items() if not k.startswith("model.") or k in model_keys}
